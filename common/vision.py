@@ -1,0 +1,65 @@
+"""Image resizing and prompt encoding for Qwen2.5-VL, done once and shared by engines and learner.
+
+Both sides must see identical pixels and identical prompt ids, so the driver encodes each prompt here and ships the
+result (`EncodedPrompt`) to the engines and the learner alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from common.records import EncodedPrompt
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+RESIZE_FACTOR = 28  # patch 14 x spatial merge 2
+
+
+class PromptTooLongError(ValueError):
+    """A multimodal prompt does not fit: we never truncate one (it would cut image tokens)."""
+
+
+def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Qwen's smart_resize: sides multiples of 28, pixel count within [min_pixels, max_pixels]."""
+    height, width = smart_resize(image.height, image.width, RESIZE_FACTOR, min_pixels, max_pixels)
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def encode_prompt(
+    processor,
+    sample_id: str,
+    image: Image.Image,
+    question: str,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    max_prompt_tokens: int,
+) -> EncodedPrompt:
+    """Resize the image, apply the chat template and run the processor; raise if the prompt is too long."""
+    resized = resize_for_model(image.convert("RGB"), min_pixels, max_pixels)
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = processor(
+        text=[text], images=[resized], return_tensors="np",
+        images_kwargs={"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}},
+    )
+    ids = enc["input_ids"][0].tolist()
+    if len(ids) > max_prompt_tokens:
+        raise PromptTooLongError(
+            f"prompt of sample {sample_id!r} has {len(ids)} tokens > max_prompt_tokens={max_prompt_tokens}; "
+            "lower max_pixels or raise max_prompt_tokens"
+        )
+    return EncodedPrompt(
+        sample_id=sample_id,
+        prompt_text=text,
+        prompt_token_ids=ids,
+        pixel_values=np.asarray(enc["pixel_values"], dtype=np.float32),
+        image_grid_thw=np.asarray(enc["image_grid_thw"], dtype=np.int64),
+        image=np.asarray(resized, dtype=np.uint8),
+        scale=(resized.width / image.width, resized.height / image.height),
+    )

@@ -1,0 +1,46 @@
+"""Ray actor shell over `LearnerRank` (one per ZeRO-3 rank)."""
+from __future__ import annotations
+
+import ray
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, *args, **kwargs):
+        from learner.rank import LearnerRank
+
+        self.rank = LearnerRank(*args, **kwargs)
+
+    def train_step(self, shard):
+        return self.rank.train_step(shard)
+
+    def weight_plan(self):
+        return self.rank.weight_plan()
+
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        return self.rank.init_weight_sync(host, port, world_size)
+
+    def sync_weights(self):
+        return self.rank.sync_weights()
+
+    def state_checksums(self):
+        return self.rank.state_checksums()
+
+    def get_parameter(self, name: str):
+        return self.rank.get_parameter(name)
+
+    def save(self, directory: str) -> None:
+        return self.rank.save(directory)
+
+    def load(self, directory: str) -> None:
+        return self.rank.load(directory)
+
+    def export_hf(self, directory: str, processor_path: str) -> None:
+        return self.rank.export_hf(directory, processor_path)
+
+
+def free_master_address() -> tuple[str, int]:
+    """Address and port for the DeepSpeed group's rendezvous on this node."""
+    from common.sync_group import free_port
+
+    return free_port()

@@ -1,0 +1,54 @@
+"""The learner's config sections (pydantic; composed into the run config by orchestration)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, named in the message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GRPOConfig(Strict):
+    """SPEC.md's GRPO settings; defaults are the paper's."""
+
+    group_size: int = Field(8, ge=2, description="G, answers sampled per prompt")
+    beta: float = Field(0.04, ge=0, description="KL coefficient (k3 estimator); 0 drops the reference model")
+    clip_eps_low: float = Field(0.2, gt=0)
+    clip_eps_high: float = Field(0.2, gt=0, description="> clip_eps_low is DAPO's clip-higher")
+    ppo_epochs: int = Field(1, ge=1, description="mu: optimizer updates per batch")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    advantage_eps: float = Field(1e-4, gt=0)
+    loss_agg: Literal["seq-mean", "token-mean"] = "seq-mean"
+    dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal")
+
+
+class LearnerConfig(Strict):
+    """DeepSpeed ZeRO-3 learner, one Ray actor per rank."""
+
+    num_ranks: int = Field(2, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(4, ge=1, description="answers per forward on one rank")
+    torch_adam: bool = Field(True, description="torch AdamW (CPU); false uses DeepSpeed's fused Adam (GPU)")
+    param_persistence_threshold: int = Field(
+        100_000, ge=0, description="ZeRO-3 keeps params smaller than this unpartitioned (DeepSpeed's default)"
+    )
+    dist_backend: Literal["gloo", "nccl"] = "gloo"
+    sync_backend: Literal["gloo", "nccl"] = "gloo"
+    sync_bucket_mb: float = Field(256.0, gt=0)
+    cpus_per_rank: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _devices_match_backends(self):
+        if self.device == "cpu" and "nccl" in (self.dist_backend, self.sync_backend):
+            raise ValueError("learner.device=cpu needs dist_backend=gloo and sync_backend=gloo")
+        return self

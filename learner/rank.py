@@ -1,0 +1,218 @@
+"""One DeepSpeed ZeRO-3 learner rank: GRPO step, reference log-probs, weight broadcast, checkpoints.
+
+A plain object (the Ray actor in `learner/actor.py` is a thin shell), so it can be driven in-process too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from common.records import TrainShard
+from common.sync_group import broadcast_from_rank0, create_sync_group
+from learner.config import GRPOConfig, LearnerConfig
+from learner.grpo import grpo_loss
+from learner.sequences import collate, response_logprobs
+from learner.weight_source import ZeroWeightSource
+
+
+def deepspeed_config(cfg: LearnerConfig, grad_accum: int, with_optimizer: bool) -> dict:
+    """The DeepSpeed config for the policy (with optimizer) or the frozen reference model."""
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": cfg.param_persistence_threshold,
+            "overlap_comm": cfg.device == "cuda",
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    }
+    if with_optimizer:
+        ds["gradient_clipping"] = cfg.grad_clip
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay,
+                       "torch_adam": cfg.torch_adam},
+        }
+    return ds
+
+
+class LearnerRank:
+    """Policy (and reference) model of one rank of the ZeRO-3 group."""
+
+    def __init__(self, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, rank: int, world_size: int,
+                 master_addr: str, master_port: int, grad_accum: int, temperature: float):
+        import deepspeed
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.integrations import HfDeepSpeedConfig
+
+        os.environ.update(
+            RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+            LOCAL_RANK="0" if cfg.device == "cuda" else str(rank),  # Ray gives each GPU rank its own device 0
+        )
+        deepspeed.init_distributed(dist_backend=cfg.dist_backend)
+        self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
+        self.temperature = temperature
+        self.grad_accum = grad_accum
+        self.device = torch.device("cuda", 0) if cfg.device == "cuda" else torch.device("cpu")
+        dtype = getattr(torch, cfg.dtype)
+
+        def load(with_optimizer: bool):
+            ds_config = deepspeed_config(cfg, grad_accum, with_optimizer)
+            # Alive during from_pretrained, this makes transformers build the model partitioned (zero.Init):
+            # a 3B model never sits whole in one rank's memory.
+            hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841
+            model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+            if with_optimizer and cfg.gradient_checkpointing:
+                model.gradient_checkpointing_enable()
+            params = [p for p in model.parameters() if p.requires_grad] if with_optimizer else None
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+            return engine, hf_ds
+
+        self.engine, self._hf_ds = load(with_optimizer=True)
+        self.ref_engine = None
+        if grpo.beta > 0:
+            self.ref_engine, self._hf_ds_ref = load(with_optimizer=False)
+            self.ref_engine.eval()
+        self.model_config = self.engine.module.config
+        self.pad_id = AutoProcessor.from_pretrained(model_path).tokenizer.pad_token_id
+        self.weights = ZeroWeightSource(self.engine.module, bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
+        self._sync_group = None
+        self.updates = 0
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def train_step(self, shard: TrainShard) -> dict[str, float]:
+        """`ppo_epochs` optimizer updates on this rank's shard; returns this rank's metrics."""
+        t0 = time.perf_counter()
+        mb = self.cfg.micro_batch_size
+        micro = [shard.items[i : i + mb] for i in range(0, len(shard.items), mb)]
+        if len(micro) != self.grad_accum:
+            raise ValueError(f"rank {self.rank}: {len(micro)} micro-batches but gradient_accumulation_steps="
+                             f"{self.grad_accum}; every rank must get the same number")
+        scale = self.grad_accum * self.world_size  # DeepSpeed averages over micro-batches and ranks
+        count = shard.num_tokens_global if self.grpo.loss_agg == "token-mean" else shard.num_items_global
+        normalizer = count / scale
+        batches = [collate(items, shard.prompts, self.model_config, self.pad_id, self.device,
+                           self.engine.module.dtype) for items in micro]
+        old_lp: list[torch.Tensor] = []
+        ref_lp: list[torch.Tensor | None] = []
+        sums = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0)
+        diff_sum, diff_max, n_tok = 0.0, 0.0, 0.0
+        grad_norm = float("nan")
+        self.engine.train()
+        for epoch in range(self.grpo.ppo_epochs):
+            for i, batch in enumerate(batches):
+                lp = response_logprobs(self.engine, batch, self.temperature)
+                if epoch == 0:
+                    # Before the first update the policy is the one that sampled: these are the old log-probs,
+                    # and their gap to the engine's is the proof that weight sync happened.
+                    old_lp.append(lp.detach())
+                    gap = (lp.detach() - batch.engine_logprobs).abs() * batch.mask
+                    diff_sum += float(gap.sum())
+                    diff_max = max(diff_max, float(gap.max()) if gap.numel() else 0.0)
+                    n_tok += float(batch.mask.sum())
+                    if self.ref_engine is not None:
+                        with torch.no_grad():
+                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.temperature))
+                    else:
+                        ref_lp.append(None)
+                loss, stats = grpo_loss(
+                    lp, old_lp[i], batch.advantages, batch.mask, ref_logprobs=ref_lp[i], beta=self.grpo.beta,
+                    clip_eps_low=self.grpo.clip_eps_low, clip_eps_high=self.grpo.clip_eps_high,
+                    loss_agg=self.grpo.loss_agg, normalizer=normalizer,
+                )
+                self.engine.backward(loss)
+                self.engine.step()
+                sums["loss"] += float(loss) / scale * self.world_size / self.grpo.ppo_epochs
+                for k in ("kl", "clip_frac", "ratio"):
+                    sums[k] += float(stats[k]) / (len(batches) * self.grpo.ppo_epochs)
+            grad_norm = _to_float(self.engine.get_global_grad_norm())
+            self.updates += 1
+        return {
+            "train/loss": sums["loss"],
+            "train/kl": sums["kl"],
+            "train/clip_frac": sums["clip_frac"],
+            "train/ratio": sums["ratio"],
+            "train/grad_norm": grad_norm,
+            "train/lr": float(self.engine.get_lr()[0]),
+            "train/masked_vision_tokens": float(sum(b.num_masked_vision_tokens for b in batches)),
+            "sampling/logprob_diff_sum": diff_sum,
+            "sampling/logprob_diff_max": diff_max,
+            "sampling/num_tokens": n_tok,
+            "time/train_rank_s": time.perf_counter() - t0,
+        }
+
+    # ---- weight sync ------------------------------------------------------------------------------------------
+    def weight_plan(self):
+        return self.weights.plan
+
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 hosts the sync group (rank 0 of it); other ranks only take part in the gathers."""
+        if self.rank == 0:
+            self._sync_group = create_sync_group(self.cfg.sync_backend, host, port, 0, world_size)
+
+    def sync_weights(self) -> dict[str, float]:
+        """Gather each bucket on every rank; rank 0 broadcasts it while the next one is gathered."""
+        t0 = time.perf_counter()
+        pending, nbytes = None, 0
+        for bucket in self.weights.iter_buckets():
+            if self.rank != 0 or self._sync_group is None:
+                continue
+            flat = torch.cat([t.reshape(-1) for _, t in bucket])
+            if pending is not None:
+                pending.wait()
+            pending = broadcast_from_rank0(self._sync_group, flat)
+            nbytes += flat.numel() * flat.element_size()
+        if pending is not None:
+            pending.wait()
+        return {"sync/bytes": float(nbytes), "sync/rank_s": time.perf_counter() - t0}
+
+    # ---- inspection and checkpoints ---------------------------------------------------------------------------
+    def state_checksums(self) -> dict[str, float]:
+        """Sum of each full parameter (float64), gathered; collective: call on every rank."""
+        out = {}
+        for bucket in self.weights.iter_buckets():
+            out.update({n: float(t.double().sum()) for n, t in bucket})
+        return out
+
+    def get_parameter(self, name: str):
+        for n, t in self.weights.iter_full():
+            if n == name:
+                return t.detach().float().cpu().numpy().copy()
+        raise KeyError(name)
+
+    def save(self, directory: str) -> None:
+        """DeepSpeed checkpoint (resumable: partitioned params + optimizer state), collective."""
+        self.engine.save_checkpoint(directory, tag="latest", client_state={"updates": self.updates})
+
+    def load(self, directory: str) -> None:
+        _, client = self.engine.load_checkpoint(directory, tag="latest")
+        self.updates = int((client or {}).get("updates", 0))
+
+    def export_hf(self, directory: str, processor_path: str) -> None:
+        """A plain `from_pretrained`-loadable checkpoint of the current policy (rank 0 writes), collective."""
+        state = {n: t.detach().cpu().clone() for n, t in self.weights.iter_full()} if self.rank == 0 else None
+        if self.rank != 0:
+            for _ in self.weights.iter_full():
+                pass
+            return
+        from transformers import AutoProcessor
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(directory, state_dict=state)
+        AutoProcessor.from_pretrained(processor_path).save_pretrained(directory)
+
+
+def _to_float(x) -> float:
+    if x is None:
+        return float("nan")
+    v = float(x.item() if hasattr(x, "item") else x)
+    return v if math.isfinite(v) else float("nan")

@@ -1,0 +1,43 @@
+"""Ray actor shell over a generation engine; the engine itself is a plain object tested in-process."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+@ray.remote
+class EngineActor:
+    """One generation engine. `backend` picks the implementation; both honour the same interface."""
+
+    def __init__(self, backend: str, model_path: str, device: str, dtype: str, num_threads: int | None = None,
+                 **engine_kwargs):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if backend == "transformers":
+            from rollout_workers.transformers_engine import TransformersEngine
+
+            self.engine = TransformersEngine(model_path, device=device, dtype=dtype, num_threads=num_threads)
+        elif backend == "vllm":
+            from rollout_workers.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_path, dtype=dtype, **engine_kwargs)
+        else:
+            raise ValueError(f"rollout backend must be 'transformers' or 'vllm', got {backend!r}")
+
+    def generate(self, requests, sampling):
+        return self.engine.generate(requests, sampling)
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version()
+
+    def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
+        return self.engine.init_weight_sync(backend, host, port, rank, world_size)
+
+    def receive_weights(self, version: int, plan) -> int:
+        return self.engine.receive_weights(version, plan)
+
+    def state_checksums(self) -> dict[str, float]:
+        return self.engine.state_checksums()
+
+    def get_parameter(self, name: str):
+        return self.engine.get_parameter(name)
