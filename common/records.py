@@ -106,3 +106,17 @@ class TrainShard:
     prompts: dict[str, EncodedPrompt]
     num_items_global: int
     num_tokens_global: int
+
+
+@dataclass
+class RewardContext:
+    """What a reward function needs besides the answer: the task, its truth, and the image geometry.
+
+    `scale` maps original-image pixels to the resized image the model saw (qwen25vl answers are in those pixels).
+    """
+
+    sample_id: str
+    task: Task
+    solution: Any
+    scale: tuple[float, float] = (1.0, 1.0)
+    resized_size: tuple[int, int] = (0, 0)  # (width, height) the model saw

@@ -6,7 +6,15 @@ import ray
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, *args, **kwargs):
+    """Created empty so the driver can ask rank 0 for a rendezvous address before any rank initialises."""
+
+    def address(self) -> tuple[str, int]:
+        """A free address on this actor's node: for rank 0's DeepSpeed rendezvous and for the sync group."""
+        from common.sync_group import free_port
+
+        return free_port()
+
+    def setup(self, *args, **kwargs) -> None:
         from learner.rank import LearnerRank
 
         self.rank = LearnerRank(*args, **kwargs)
@@ -38,9 +46,3 @@ class LearnerActor:
     def export_hf(self, directory: str, processor_path: str) -> None:
         return self.rank.export_hf(directory, processor_path)
 
-
-def free_master_address() -> tuple[str, int]:
-    """Address and port for the DeepSpeed group's rendezvous on this node."""
-    from common.sync_group import free_port
-
-    return free_port()

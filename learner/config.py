@@ -23,7 +23,6 @@ class GRPOConfig(Strict):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     advantage_eps: float = Field(1e-4, gt=0)
     loss_agg: Literal["seq-mean", "token-mean"] = "seq-mean"
-    dynamic_sampling: bool = Field(False, description="drop groups whose rewards are all equal")
 
 
 class LearnerConfig(Strict):

@@ -1,0 +1,28 @@
+"""`perception-r1 train|eval ...`: the command-line entry point."""
+from __future__ import annotations
+
+import sys
+
+from orchestration.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: perception-r1 train --config CONFIG [key.sub=value ...]")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            from orchestration.train import main as train_main
+
+            return train_main(rest)
+    except ConfigError as exc:
+        print(f"perception-r1: {exc}", file=sys.stderr)
+        return 2
+    print(f"perception-r1: unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The run config: one pydantic model composed of each service's section, loaded from YAML plus overrides.
+
+Validated once, at load: an unknown or ill-typed key fails with its dotted name in the message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import GRPOConfig, LearnerConfig
+from reward_service.config import RewardConfig
+from rollout_workers.config import RolloutConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelConfig(Strict):
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    vision_hidden_size: int = Field(32, ge=8)
+    vision_depth: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    path: str = Field("tiny", description="a checkpoint directory, or 'tiny' to write a random tiny Qwen2.5-VL")
+    tiny: TinyModelConfig = TinyModelConfig()
+    box_convention: Literal["qwen25vl", "qwen2vl"] = "qwen25vl"
+    min_pixels: int = Field(3136, ge=784)
+    max_pixels: int = Field(1_000_000, ge=784)
+    max_prompt_tokens: int = Field(2048, ge=16)
+
+
+class DataConfig(Strict):
+    task: Literal["colour"] = "colour"
+    source: Literal["synthetic"] = "synthetic"
+    train_size: int = Field(2048, ge=1)
+    eval_size: int = Field(64, ge=1)
+    image_size: int = Field(56, ge=28)
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    steps: int = Field(100, ge=0)
+    prompts_per_step: int = Field(14, ge=1)
+    seed: int = 0
+    eval_every: int = Field(0, ge=0, description="0: evaluate only before and after training")
+    output_dir: str = "outputs/run"
+    export_final: bool = Field(True, description="write a from_pretrained checkpoint of the policy at the end")
+
+
+class WandbConfig(Strict):
+    project: str = "perception-r1"
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when WANDB_API_KEY is set, offline otherwise"
+    )
+    run_name: str | None = None
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="None: join a running cluster if there is one, else start one")
+    num_cpus: int | None = Field(None, description="logical CPUs of a local cluster (default: enough for all actors)")
+
+
+class RunConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    learner: LearnerConfig = LearnerConfig()
+    train: TrainConfig = TrainConfig()
+    wandb: WandbConfig = WandbConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self):
+        answers = self.train.prompts_per_step * self.grpo.group_size
+        per_step = self.learner.num_ranks * self.learner.micro_batch_size
+        if answers % per_step:
+            raise ValueError(
+                f"train.prompts_per_step * grpo.group_size = {answers} answers must divide into "
+                f"learner.num_ranks * learner.micro_batch_size = {per_step}"
+            )
+        return self
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per rank per optimizer update."""
+        answers = self.train.prompts_per_step * self.grpo.group_size
+        return answers // (self.learner.num_ranks * self.learner.micro_batch_size)
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-3`, `true`, `[1, 2]`)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML (or start from defaults), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    for override in overrides:
+        apply_override(tree, override)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "<root>"
+            problems.append(f"{key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden"
+                                                      and not isinstance(err["input"], dict) else ""))
+        raise ConfigError(f"invalid config {str(path) if path else '<defaults>'}:\n  " + "\n  ".join(problems)) from None

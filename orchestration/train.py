@@ -1,0 +1,174 @@
+"""The GRPO driver loop: sample prompts, generate, score, normalise, update, sync — in that order, every step.
+
+    python -m orchestration.train --config configs/demo_cpu.yaml [key.sub=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from common.records import EncodedPrompt, RewardContext, SamplingParams, Sample
+from common.vision import encode_prompt
+from orchestration.config import RunConfig, load_config
+from orchestration.datasets import PromptSampler, build_datasets
+from orchestration.rollout import generate_and_score, make_shards
+from orchestration.services import Services, shutdown, start_ray, start_services, sync_weights
+from orchestration.tracking import Tracker
+
+log = logging.getLogger("perception_r1")
+
+
+@dataclass
+class TrainResult:
+    eval_before: float
+    eval_after: float
+    steps: int
+    output_dir: Path
+    wandb_dir: str | None
+    history: list[dict[str, float]]
+
+
+def prepare_model(cfg: RunConfig, out_dir: Path) -> str:
+    """The checkpoint path; `tiny` writes a random tiny Qwen2.5-VL into the run directory."""
+    if cfg.model.path != "tiny":
+        if not Path(cfg.model.path).is_dir():
+            raise FileNotFoundError(f"model.path {cfg.model.path!r} is not a checkpoint directory")
+        return cfg.model.path
+    from orchestration.tiny_model import write_tiny_qwen25vl
+
+    t = cfg.model.tiny
+    return str(write_tiny_qwen25vl(out_dir / "tiny_model", hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                   vision_hidden_size=t.vision_hidden_size, vision_depth=t.vision_depth, seed=t.seed,
+                                   min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels))
+
+
+def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[EncodedPrompt], list[RewardContext]]:
+    """Prompts as both engines and learner will see them, and what the reward needs to score the answers."""
+    prompts, contexts = [], []
+    for s in samples:
+        p = encode_prompt(processor, s.id, s.load_image(), s.question, min_pixels=cfg.model.min_pixels,
+                          max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
+        prompts.append(p)
+        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0])))
+    return prompts, contexts
+
+
+def evaluate(services: Services, processor, cfg: RunConfig, samples: list[Sample]) -> dict[str, float]:
+    """Greedy decoding over held-out samples: mean reward and its components."""
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
+    prompts, contexts = encode(processor, cfg, samples)
+    _, metrics = generate_and_score(services, prompts, contexts, greedy)
+    return {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    out_dir = Path(cfg.train.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(_yaml(cfg))
+    model_path = prepare_model(cfg, out_dir)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    train_set, eval_set = build_datasets(cfg.data)
+    sampler = PromptSampler(train_set, cfg.train.seed)
+    sampling = SamplingParams(n=cfg.grpo.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+    tracker = Tracker(cfg, out_dir)
+    start_ray(cfg)
+    services = None
+    history: list[dict[str, float]] = []
+    try:
+        t0 = time.perf_counter()
+        services = start_services(cfg, model_path)
+        version = 0
+        sync_weights(services, version)  # engines start from the learner's weights (also after a resume)
+        log.info("services up in %.1fs", time.perf_counter() - t0)
+        before = evaluate(services, processor, cfg, eval_set)
+        tracker.log({**before, "policy/version": version}, step=0)
+        print(f"eval before training: reward {before['eval/mean']:.3f}", flush=True)
+
+        bar = tqdm(range(1, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout, dynamic_ncols=True)
+        for step in bar:
+            t_step = time.perf_counter()
+            samples = sampler.next(cfg.train.prompts_per_step)
+            prompts, contexts = encode(processor, cfg, samples)
+            seeded = SamplingParams(**{**sampling.__dict__, "seed": cfg.train.seed + step * 100_003})
+            groups, metrics = generate_and_score(services, prompts, contexts, seeded)
+
+            t_train = time.perf_counter()
+            shards = make_shards(groups, prompts, cfg.learner.num_ranks, cfg.grpo.group_size,
+                                 cfg.grpo.scale_rewards, cfg.grpo.advantage_eps)
+            rank_metrics = ray.get([l.train_step.remote(s) for l, s in zip(services.learners, shards)])
+            metrics.update(_merge_rank_metrics(rank_metrics))
+            metrics["time/train_s"] = time.perf_counter() - t_train
+
+            version += 1
+            metrics.update(sync_weights(services, version))
+            metrics["policy/version"] = float(version)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                metrics.update(evaluate(services, processor, cfg, eval_set))
+            metrics["time/step_s"] = time.perf_counter() - t_step
+            tracker.log(metrics, step=step)
+            history.append(metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", lp_diff=f"{metrics['sampling/logprob_diff']:.1e}",
+                            step_s=f"{metrics['time/step_s']:.1f}")
+
+        after = evaluate(services, processor, cfg, eval_set)
+        tracker.log(after, step=cfg.train.steps)
+        _print_timing(history)
+        if cfg.train.export_final:
+            ray.get([l.export_hf.remote(str(out_dir / "final"), model_path) for l in services.learners])
+        print(f"eval reward: before {before['eval/mean']:.3f} -> after {after['eval/mean']:.3f}", flush=True)
+        return TrainResult(before["eval/mean"], after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir,
+                           history)
+    finally:
+        tracker.finish()
+        shutdown(services)
+
+
+def _merge_rank_metrics(ranks: list[dict[str, float]]) -> dict[str, float]:
+    """Average rank metrics, except the log-prob gap, which is pooled over all tokens of all ranks."""
+    tokens = sum(m["sampling/num_tokens"] for m in ranks)
+    out = {k: float(np.mean([m[k] for m in ranks])) for k in ranks[0]
+           if not k.startswith("sampling/") and k != "time/train_rank_s"}
+    out["train/masked_vision_tokens"] = float(sum(m["train/masked_vision_tokens"] for m in ranks))
+    out["sampling/logprob_diff"] = sum(m["sampling/logprob_diff_sum"] for m in ranks) / max(tokens, 1.0)
+    out["sampling/logprob_diff_max"] = max(m["sampling/logprob_diff_max"] for m in ranks)
+    out["time/train_rank_max_s"] = max(m["time/train_rank_s"] for m in ranks)
+    return out
+
+
+def _print_timing(history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    keys = ["time/generate_s", "time/reward_tail_s", "time/train_s", "time/sync_s", "time/step_s"]
+    parts = [f"{k.split('/')[1].removesuffix('_s')} {np.mean([h[k] for h in history]):.2f}s" for k in keys]
+    print("mean time per step: " + ", ".join(parts), flush=True)
+
+
+def _yaml(cfg: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="GRPO training of a Qwen2.5-VL perception policy")
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

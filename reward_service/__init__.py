@@ -1,0 +1,1 @@
+"""Per-task answer parsing, rewards and metrics, and the Ray pool of reward actors. No models, no torch."""

@@ -1,0 +1,44 @@
+"""Scores groups of rollouts. A failure on one answer scores it 0 with the error recorded; it never fails the step."""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from common.records import RewardContext, Rollout, ScoredRollout
+from reward_service.registry import reward_fn
+
+
+class RewardWorker:
+    """Plain scorer; `RewardActor` is its Ray shell."""
+
+    def __init__(self):
+        self.busy_s = 0.0
+
+    def score(self, groups: list[list[Rollout]], contexts: list[RewardContext]) -> list[list[ScoredRollout]]:
+        t0 = time.perf_counter()
+        out = [[score_one(r, ctx) for r in group] for group, ctx in zip(groups, contexts, strict=True)]
+        self.busy_s += time.perf_counter() - t0
+        return out
+
+
+def score_one(rollout: Rollout, ctx: RewardContext) -> ScoredRollout:
+    """Reward of one answer; any exception (a bad answer or bad ground truth) gives 0 and names the error."""
+    try:
+        components = dict(reward_fn(ctx.task)(rollout.response_text, ctx))
+        total = float(components.pop("total"))
+        return ScoredRollout(rollout, total, components)
+    except Exception as exc:  # noqa: BLE001 - the recovery is reward 0 and a counted reward/errors metric
+        return ScoredRollout(rollout, 0.0, {}, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+@ray.remote
+class RewardActor:
+    def __init__(self):
+        self.worker = RewardWorker()
+
+    def score(self, groups, contexts):
+        return self.worker.score(groups, contexts)
+
+    def busy_seconds(self) -> float:
+        return self.worker.busy_s

@@ -1,0 +1,21 @@
+"""The rollout engines' config section; sampling defaults are the paper's (SPEC.md)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    num_engines: int = Field(1, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    top_k: int = Field(50, ge=0, description="0 disables top-k")
+    max_new_tokens: int = Field(768, ge=1)
+    cpus_per_engine: float = Field(1.0, gt=0)
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM only")

@@ -1,0 +1,53 @@
+"""Configs are validated at load; a bad key or value fails with its dotted name in the message."""
+from pathlib import Path
+
+import pytest
+
+from orchestration.cli import main as cli_main
+from orchestration.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_demo_config_loads_with_overrides():
+    cfg = load_config(CONFIGS / "demo_cpu.yaml", ["learner.lr=1e-4", "grpo.loss_agg=token-mean"])
+    assert cfg.learner.lr == 1e-4 and cfg.grpo.loss_agg == "token-mean"
+    assert cfg.learner.num_ranks == 2 and cfg.grpo.group_size == 8
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  lr: 1.0e-6\n  learning_rate: 3\n")
+    with pytest.raises(ConfigError, match=r"learner\.learning_rate: Extra inputs are not permitted"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("grpo.bta=0.1", "grpo.bta"),
+    ("train.steps=many", "train.steps"),
+    ("grpo.scale_rewards=sometimes", "grpo.scale_rewards"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("learner.dist_backend=nccl", "learner: Value error, learner.device=cpu needs dist_backend=gloo"),
+])
+def test_bad_override_is_named(override, named):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "demo_cpu.yaml", [override])
+    assert named in str(info.value)
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["no-equals-sign"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/run.yaml")
+
+
+def test_uneven_batch_is_rejected():
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config(None, ["train.prompts_per_step=3", "grpo.group_size=3"])
+
+
+def test_cli_reports_bad_key_and_exits_2(capsys):
+    code = cli_main(["train", "--config", str(CONFIGS / "demo_cpu.yaml"), "learner.lrr=1"])
+    assert code == 2
+    assert "learner.lrr" in capsys.readouterr().err
