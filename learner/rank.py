@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from common.policy import resolve_allowed_ids
 from common.records import TrainShard
 from common.sync_group import broadcast_from_rank0, create_sync_group
 from learner.config import GRPOConfig, LearnerConfig
@@ -49,7 +50,8 @@ class LearnerRank:
     """Policy (and reference) model of one rank of the ZeRO-3 group."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, rank: int, world_size: int,
-                 master_addr: str, master_port: int, grad_accum: int, temperature: float):
+                 master_addr: str, master_port: int, grad_accum: int, temperature: float,
+                 allowed_tokens: list[str] | None = None):
         import deepspeed
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.integrations import HfDeepSpeedConfig
@@ -83,7 +85,11 @@ class LearnerRank:
             self.ref_engine, self._hf_ds_ref = load(with_optimizer=False)
             self.ref_engine.eval()
         self.model_config = self.engine.module.config
-        self.pad_id = AutoProcessor.from_pretrained(model_path).tokenizer.pad_token_id
+        tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        gen = self.engine.module.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.allowed_ids = resolve_allowed_ids(tokenizer, allowed_tokens, eos if isinstance(eos, list) else [eos])
         self.weights = ZeroWeightSource(self.engine.module, bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
         self._sync_group = None
         self.updates = 0
@@ -110,7 +116,7 @@ class LearnerRank:
         self.engine.train()
         for epoch in range(self.grpo.ppo_epochs):
             for i, batch in enumerate(batches):
-                lp = response_logprobs(self.engine, batch, self.temperature)
+                lp = response_logprobs(self.engine, batch, self.temperature, self.allowed_ids)
                 if epoch == 0:
                     # Before the first update the policy is the one that sampled: these are the old log-probs,
                     # and their gap to the engine's is the proof that weight sync happened.
@@ -121,7 +127,7 @@ class LearnerRank:
                     n_tok += float(batch.mask.sum())
                     if self.ref_engine is not None:
                         with torch.no_grad():
-                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.temperature))
+                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.temperature, self.allowed_ids))
                     else:
                         ref_lp.append(None)
                 loss, stats = grpo_loss(

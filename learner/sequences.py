@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from common.policy import token_logprobs
 from common.records import EncodedPrompt, TrainItem
 
 
@@ -74,10 +74,9 @@ def collate(
     )
 
 
-def response_logprobs(model, batch: Collated, temperature: float) -> torch.Tensor:
-    """Log-probs [B, T] of each next token under `model` at the sampling temperature (as the engine reports)."""
-    logits = model(**batch.inputs, use_cache=False).logits[:, batch.start : -1].float()
+def response_logprobs(model, batch: Collated, temperature: float,
+                      allowed_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probs [B, T] of each next token under `model`, the same function the engine reports."""
+    logits = model(**batch.inputs, use_cache=False).logits[:, batch.start : -1]
     targets = batch.inputs["input_ids"][:, batch.start + 1 :]
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs(logits, targets, temperature, allowed_ids)

@@ -28,6 +28,7 @@ class TinyModelConfig(Strict):
     num_layers: int = Field(2, ge=1)
     vision_hidden_size: int = Field(32, ge=8)
     vision_depth: int = Field(2, ge=1)
+    initializer_range: float = Field(0.02, gt=0, description="init std; larger makes a random policy see more of the image")
     seed: int = 0
 
 

@@ -56,7 +56,8 @@ def start_services(cfg: RunConfig, model_path: str) -> Services:
     master_host, master_port = ray.get(learners[0].address.remote())
     ray.get([
         actor.setup.remote(model_path, cfg.learner, cfg.grpo, rank, cfg.learner.num_ranks, master_host, master_port,
-                           grad_accum=cfg.grad_accum, temperature=cfg.rollout.temperature)
+                           grad_accum=cfg.grad_accum, temperature=cfg.rollout.temperature,
+                           allowed_tokens=cfg.rollout.allowed_tokens)
         for rank, actor in enumerate(learners)
     ])
     engine_env = {"OMP_NUM_THREADS": _threads(cfg.rollout.cpus_per_engine), "TOKENIZERS_PARALLELISM": "false"}
@@ -65,7 +66,7 @@ def start_services(cfg: RunConfig, model_path: str) -> Services:
             num_cpus=cfg.rollout.cpus_per_engine, num_gpus=1 if cfg.rollout.device == "cuda" else 0,
             runtime_env={"env_vars": engine_env},
         ).remote(cfg.rollout.backend, model_path, cfg.rollout.device, cfg.rollout.dtype,
-                 num_threads=int(_threads(cfg.rollout.cpus_per_engine)),
+                 num_threads=int(_threads(cfg.rollout.cpus_per_engine)), allowed_tokens=cfg.rollout.allowed_tokens,
                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
         for _ in range(cfg.rollout.num_engines)
     ]

@@ -77,6 +77,7 @@ def write_tiny_qwen25vl(
     num_layers: int = 2,
     vision_hidden_size: int = 32,
     vision_depth: int = 2,
+    initializer_range: float = 0.02,
     seed: int = 0,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
@@ -109,6 +110,7 @@ def write_tiny_qwen25vl(
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                              "mrope_section": _mrope_section(head_dim)},
             tie_word_embeddings=False,
+            initializer_range=initializer_range,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -124,12 +126,14 @@ def write_tiny_qwen25vl(
             temporal_patch_size=2,
             window_size=112,
             fullatt_block_indexes=[vision_depth - 1],
+            initializer_range=initializer_range,
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)

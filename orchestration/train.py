@@ -46,7 +46,8 @@ def prepare_model(cfg: RunConfig, out_dir: Path) -> str:
 
     t = cfg.model.tiny
     return str(write_tiny_qwen25vl(out_dir / "tiny_model", hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                   vision_hidden_size=t.vision_hidden_size, vision_depth=t.vision_depth, seed=t.seed,
+                                   vision_hidden_size=t.vision_hidden_size, vision_depth=t.vision_depth,
+                                   initializer_range=t.initializer_range, seed=t.seed,
                                    min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels))
 
 

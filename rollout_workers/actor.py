@@ -11,16 +11,17 @@ class EngineActor:
     """One generation engine. `backend` picks the implementation; both honour the same interface."""
 
     def __init__(self, backend: str, model_path: str, device: str, dtype: str, num_threads: int | None = None,
-                 **engine_kwargs):
+                 allowed_tokens: list[str] | None = None, **engine_kwargs):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if backend == "transformers":
             from rollout_workers.transformers_engine import TransformersEngine
 
-            self.engine = TransformersEngine(model_path, device=device, dtype=dtype, num_threads=num_threads)
+            self.engine = TransformersEngine(model_path, device=device, dtype=dtype, num_threads=num_threads,
+                                             allowed_tokens=allowed_tokens)
         elif backend == "vllm":
             from rollout_workers.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype=dtype, **engine_kwargs)
+            self.engine = VLLMEngine(model_path, dtype=dtype, allowed_tokens=allowed_tokens, **engine_kwargs)
         else:
             raise ValueError(f"rollout backend must be 'transformers' or 'vllm', got {backend!r}")
 

@@ -17,5 +17,9 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     top_k: int = Field(50, ge=0, description="0 disables top-k")
     max_new_tokens: int = Field(768, ge=1)
+    allowed_tokens: list[str] | None = Field(
+        None, description="an answer vocabulary: the policy samples only these tokens (plus end of turn), and "
+                          "engine and learner compute log-probs over them alone"
+    )
     cpus_per_engine: float = Field(1.0, gt=0)
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM only")

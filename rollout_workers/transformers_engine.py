@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from common.policy import resolve_allowed_ids, token_logprobs
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, broadcast_from_rank0, create_sync_group, torch_dtype, unflatten_bucket
 
@@ -16,7 +16,8 @@ from common.sync_group import WeightPlan, broadcast_from_rank0, create_sync_grou
 class TransformersEngine:
     """A Qwen2.5-VL policy loaded with `from_pretrained`, sampling with `generate`."""
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", num_threads: int | None = None):
+    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", num_threads: int | None = None,
+                 allowed_tokens: list[str] | None = None):
         from transformers import AutoProcessor, AutoModelForImageTextToText
 
         if num_threads:
@@ -36,6 +37,11 @@ class TransformersEngine:
             i for i in (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
             if i is not None
         ]
+        # An answer vocabulary, when configured, defines the policy: sample only these, log-probs over these.
+        self.allowed_ids = resolve_allowed_ids(self.tokenizer, allowed_tokens, self.eos_ids)
+        if self.allowed_ids is not None:
+            allowed = set(self.allowed_ids.tolist())
+            self.suppressed_ids = [i for i in range(self.model.config.get_text_config().vocab_size) if i not in allowed]
         self.version = 0
         self._params = dict(self.model.named_parameters())
         self._sync_group = None
@@ -76,9 +82,8 @@ class TransformersEngine:
         sequences = out.sequences[:, prompt_len:]
         # Raw (unprocessed) logits: the log-prob of the policy itself at the sampling temperature, which is what
         # the learner recomputes; top-p/top-k truncation is not part of it (as in TRL, veRL, OpenRLHF).
-        logits = torch.stack(out.logits, dim=1).float()  # [n, T, V]
-        temperature = 1.0 if greedy else sampling.temperature
-        token_lp = torch.gather(F.log_softmax(logits / temperature, dim=-1), 2, sequences.unsqueeze(-1)).squeeze(-1)
+        logits = torch.stack(out.logits, dim=1)  # [n, T, V]
+        token_lp = token_logprobs(logits, sequences, 1.0 if greedy else sampling.temperature, self.allowed_ids)
         rollouts = []
         for seq, lp in zip(sequences.tolist(), token_lp.tolist()):
             end = next((i + 1 for i, t in enumerate(seq) if t in self.eos_ids), None)

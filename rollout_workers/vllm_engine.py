@@ -18,7 +18,7 @@ WORKER_EXTENSION = "rollout_workers.vllm_engine.WeightSyncExtension"
 
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.6,
-                 max_model_len: int = 4096, seed: int = 0):
+                 max_model_len: int = 4096, seed: int = 0, allowed_tokens: list[str] | None = None):
         from transformers import AutoConfig
         from vllm import LLM
 
@@ -26,6 +26,8 @@ class VLLMEngine:
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
             max_model_len=max_model_len, enable_prefix_caching=True, worker_extension_cls=WORKER_EXTENSION,
             limit_mm_per_prompt={"image": 1},
+            # Log-probs after temperature and the allowed-token mask: the policy the learner recomputes.
+            logprobs_mode="processed_logprobs",
         )
         self.tokenizer = self.llm.get_tokenizer()
         cfg = AutoConfig.from_pretrained(model_path)
@@ -33,6 +35,10 @@ class VLLMEngine:
         self.suppressed = {int(i): -100.0 for i in (cfg.image_token_id, cfg.video_token_id,
                                                     cfg.vision_start_token_id, cfg.vision_end_token_id)
                            if i is not None}
+        from common.policy import resolve_allowed_ids
+
+        allowed = resolve_allowed_ids(self.tokenizer, allowed_tokens, self._eos_ids())
+        self.allowed_ids = None if allowed is None else allowed.tolist()
         self.version = 0
 
     def generate(self, requests: list[EncodedPrompt], sampling: SamplingParams) -> list[list[Rollout]]:
@@ -43,7 +49,7 @@ class VLLMEngine:
             n=sampling.n, temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p, top_k=-1 if greedy or sampling.top_k == 0 else sampling.top_k,
             max_tokens=sampling.max_new_tokens, seed=sampling.seed, logprobs=0, logit_bias=self.suppressed,
-            skip_special_tokens=False,
+            skip_special_tokens=False, allowed_token_ids=self.allowed_ids,
         )
         # vLLM expands the image placeholder itself: the prompt text keeps one per image.
         inputs = [{"prompt": r.prompt_text, "multi_modal_data": {"image": Image.fromarray(r.image)}}

@@ -61,3 +61,40 @@ def test_load_weights_by_name_and_reject_unknown(setup):
         engine.load_weights(6, [("no_such.weight", new)])
     with pytest.raises(ValueError, match="shape mismatch"):
         engine.load_weights(6, [(name, new[:3])])
+
+
+def test_answer_vocabulary_defines_the_policy(setup, tmp_path):
+    """With allowed tokens the engine samples only those (and end of turn), its log-probs are over them alone,
+    and the learner's recomputation with the same function agrees."""
+    from common.policy import token_logprobs
+    from learner.sequences import collate, response_logprobs
+    from common.records import TrainItem
+
+    base, processor, prompt = setup
+    path = base.model.name_or_path
+    engine = TransformersEngine(path, allowed_tokens=["red", "green", "blue", "yellow"])
+    allowed = set(engine.allowed_ids.tolist())
+    assert allowed == {processor.tokenizer.convert_tokens_to_ids(t)
+                       for t in ["red", "green", "blue", "yellow"]} | engine.eos_ids
+    [group] = engine.generate([prompt], SamplingParams(n=16, max_new_tokens=3, seed=0, top_k=0, top_p=1.0))
+    assert all(set(r.response_token_ids) <= allowed for r in group)
+    # The allowed tokens' probabilities sum to one at the first answer position.
+    ids = torch.tensor([prompt.prompt_token_ids])
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              pixel_values=torch.from_numpy(prompt.pixel_values),
+                              image_grid_thw=torch.from_numpy(prompt.image_grid_thw),
+                              mm_token_type_ids=mm_token_type_ids(ids, engine.model.config)).logits[0, -1]
+    lp = token_logprobs(logits.expand(len(allowed), -1), engine.allowed_ids, 1.0, engine.allowed_ids)
+    assert abs(float(lp.exp().sum()) - 1.0) < 1e-5
+    items = [TrainItem("s0", r.prompt_token_ids, r.response_token_ids, r.logprobs, 0.0) for r in group]
+    batch = collate(items, {"s0": prompt}, engine.model.config, engine.pad_id, "cpu", torch.float32)
+    with torch.no_grad():
+        learner_lp = response_logprobs(engine.model, batch, 1.0, engine.allowed_ids)
+    assert float(((learner_lp - batch.engine_logprobs).abs() * batch.mask).max()) < 1e-5
+
+
+def test_unknown_allowed_token_is_named(setup):
+    base, _, _ = setup
+    with pytest.raises(ValueError, match="'purple'"):
+        TransformersEngine(base.model.name_or_path, allowed_tokens=["red", "purple"])
