@@ -190,6 +190,7 @@ class LearnerRank:
         return out
 
     def get_parameter(self, name: str):
+        """One full parameter as numpy; collective: call on every rank."""
         for n, t in self.weights.iter_full():
             if n == name:
                 return t.detach().float().cpu().numpy().copy()

@@ -77,8 +77,8 @@ def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path):
             engine_sums = ray.get(services.engines[0].state_checksums.remote())
             assert engine_sums == new_sums, "engine weights differ from the learner's after the sync"
             name = next(n for n in changed if "embed_tokens" in n)
-            np.testing.assert_array_equal(ray.get(services.engines[0].get_parameter.remote(name)),
-                                          ray.get(services.learners[0].get_parameter.remote(name)))
+            learner_param = ray.get([l.get_parameter.remote(name) for l in services.learners])[0]  # a collective
+            np.testing.assert_array_equal(ray.get(services.engines[0].get_parameter.remote(name)), learner_param)
             sums = new_sums
 
         # Negative control: train without syncing, and the next step's gap is no longer ~0.
