@@ -120,3 +120,4 @@ class RewardContext:
     solution: Any
     scale: tuple[float, float] = (1.0, 1.0)
     resized_size: tuple[int, int] = (0, 0)  # (width, height) the model saw
+    orig_size: tuple[int, int] = (0, 0)  # (width, height) of the original image

@@ -35,7 +35,6 @@ class TinyModelConfig(Strict):
 class ModelConfig(Strict):
     path: str = Field("tiny", description="a checkpoint directory, or 'tiny' to write a random tiny Qwen2.5-VL")
     tiny: TinyModelConfig = TinyModelConfig()
-    box_convention: Literal["qwen25vl", "qwen2vl"] = "qwen25vl"
     min_pixels: int = Field(3136, ge=784)
     max_pixels: int = Field(1_000_000, ge=784)
     max_prompt_tokens: int = Field(2048, ge=16)

@@ -58,7 +58,8 @@ def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[Encod
         p = encode_prompt(processor, s.id, s.load_image(), s.question, min_pixels=cfg.model.min_pixels,
                           max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
         prompts.append(p)
-        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0])))
+        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
+                                      s.image_size))
     return prompts, contexts
 
 

@@ -1,7 +1,22 @@
-"""The reward service's config section."""
+"""The reward service's config section: pool size, timeouts, and each task's reward options (SPEC.md)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class RewardOptions(BaseModel):
+    """Options of the task rewards; defaults follow SPEC.md (released code where it and the paper differ)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    box_convention: Literal["qwen25vl", "qwen2vl"] = "qwen25vl"
+    iou_power: float = Field(2.0, gt=0, description="grounding answer = IoU^p: 2 in the released code, 1 in the paper")
+    l1_normalized: bool = Field(False, description="detection matching L1 in [0,1] image units; false = released pixels")
+    size_weights: bool = Field(False, description="detection IoU term weighted 3/2/1 for small/medium/large")
+    missing_penalty: bool = Field(True, description="detection -0.5 * (fp_rate + fn_rate), paper Table 6")
+    categories: list[str] | None = Field(None, description="detection label set (else the sample's own list)")
 
 
 class RewardConfig(BaseModel):
@@ -10,3 +25,4 @@ class RewardConfig(BaseModel):
     num_workers: int = Field(2, ge=1, description="reward actors in the pool")
     timeout_s: float = Field(120.0, gt=0, description="per scoring call; a group past it scores 0 and is counted")
     cpus_per_worker: float = Field(0.25, gt=0)
+    options: RewardOptions = RewardOptions()

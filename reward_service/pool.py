@@ -13,7 +13,7 @@ from reward_service.worker import RewardActor
 class RewardPool:
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
-        self.actors = [RewardActor.options(num_cpus=cfg.cpus_per_worker).remote() for _ in range(cfg.num_workers)]
+        self.actors = [RewardActor.options(num_cpus=cfg.cpus_per_worker).remote(cfg.options) for _ in range(cfg.num_workers)]
         self._next = itertools.cycle(self.actors)
 
     def submit(self, groups_ref, contexts: list[RewardContext]) -> ray.ObjectRef:

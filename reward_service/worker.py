@@ -6,26 +6,28 @@ import time
 import ray
 
 from common.records import RewardContext, Rollout, ScoredRollout
+from reward_service.config import RewardOptions
 from reward_service.registry import reward_fn
 
 
 class RewardWorker:
     """Plain scorer; `RewardActor` is its Ray shell."""
 
-    def __init__(self):
+    def __init__(self, options: RewardOptions | None = None):
+        self.options = options or RewardOptions()
         self.busy_s = 0.0
 
     def score(self, groups: list[list[Rollout]], contexts: list[RewardContext]) -> list[list[ScoredRollout]]:
         t0 = time.perf_counter()
-        out = [[score_one(r, ctx) for r in group] for group, ctx in zip(groups, contexts, strict=True)]
+        out = [[score_one(r, ctx, self.options) for r in group] for group, ctx in zip(groups, contexts, strict=True)]
         self.busy_s += time.perf_counter() - t0
         return out
 
 
-def score_one(rollout: Rollout, ctx: RewardContext) -> ScoredRollout:
+def score_one(rollout: Rollout, ctx: RewardContext, options: RewardOptions) -> ScoredRollout:
     """Reward of one answer; any exception (a bad answer or bad ground truth) gives 0 and names the error."""
     try:
-        components = dict(reward_fn(ctx.task)(rollout.response_text, ctx))
+        components = dict(reward_fn(ctx.task)(rollout.response_text, ctx, options))
         total = float(components.pop("total"))
         return ScoredRollout(rollout, total, components)
     except Exception as exc:  # noqa: BLE001 - the recovery is reward 0 and a counted reward/errors metric
@@ -34,8 +36,8 @@ def score_one(rollout: Rollout, ctx: RewardContext) -> ScoredRollout:
 
 @ray.remote
 class RewardActor:
-    def __init__(self):
-        self.worker = RewardWorker()
+    def __init__(self, options: RewardOptions | None = None):
+        self.worker = RewardWorker(options)
 
     def score(self, groups, contexts):
         return self.worker.score(groups, contexts)

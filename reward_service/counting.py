@@ -1,0 +1,51 @@
+"""Visual counting (PixMo-Count): the answer lists one box per object; ground truth is one point per object.
+
+Gate: the answer must be one or more boxes in the convention, else the reward is 0. Predicted points are box centres,
+matched to the true points by the Hungarian algorithm on L2 distance (pairs = min(N, M)).
+answer = min(N, M) / max(N, M) * (1 - mean matched distance / D), D the answer space's diagonal. total = format +
+answer, in [0, 2].
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from reward_service.boxes import answer_space_diagonal, parse_boxes
+
+
+def count_boxes(answer: str, convention: str) -> int | None:
+    """Number of boxes the answer gives, or None when the answer is not in the convention."""
+    boxes = parse_boxes(answer, convention)
+    if not boxes or any(b is None for b in boxes):
+        return None
+    return len(boxes)
+
+
+def points_to_answer_space(points, convention: str, scale, orig_size) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if convention == "qwen25vl":
+        return pts * np.asarray(scale, dtype=np.float64)
+    return pts / np.asarray(orig_size, dtype=np.float64) * 1000.0
+
+
+def counting_reward(answer: str, gt_points, *, convention: str, scale, orig_size, resized_size) -> dict[str, float]:
+    boxes = parse_boxes(answer, convention)
+    if not boxes or any(b is None for b in boxes):
+        return {"format": 0.0, "answer": 0.0, "count_error": float(len(gt_points)), "total": 0.0}
+    pred = np.array([[(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2] for b in boxes], dtype=np.float64)
+    gt = points_to_answer_space(gt_points, convention, scale, orig_size)
+    n, m = len(pred), len(gt)
+    if m == 0:
+        return {"format": 1.0, "answer": 0.0, "count_error": float(n), "total": 1.0}
+    dist = np.linalg.norm(pred[:, None, :] - gt[None, :, :], axis=-1)
+    rows, cols = linear_sum_assignment(dist)
+    mean_dist = float(dist[rows, cols].mean())
+    diag = answer_space_diagonal(convention, resized_size)
+    ans = min(n, m) / max(n, m) * max(0.0, 1.0 - mean_dist / diag)
+    return {"format": 1.0, "answer": ans, "count_error": float(abs(n - m)), "total": 1.0 + ans}
+
+
+def counting_metrics(pred_counts: list[int | None], gt_counts: list[int]) -> dict[str, float]:
+    """Exact-match accuracy of the number of boxes (an unparsable answer is wrong)."""
+    hits = [p is not None and p == g for p, g in zip(pred_counts, gt_counts, strict=True)]
+    return {"count_acc": float(np.mean(hits)) if hits else 0.0}
