@@ -20,7 +20,7 @@ class Sample:
     image: str | bytes  # a path, or encoded image bytes; decoded lazily by `load_image`
     question: str
     solution: Any
-    image_size: tuple[int, int]  # original (width, height)
+    image_size: tuple[int, int] | None = None  # original (width, height) when the source gives it
 
     def load_image(self):
         """Decode the image to an RGB PIL image (paths are read only here, never at dataset load)."""

@@ -40,12 +40,25 @@ class ModelConfig(Strict):
     max_prompt_tokens: int = Field(2048, ge=16)
 
 
+class SplitFiles(Strict):
+    """Where one split of a public dataset lies (which keys a source needs: orchestration/datasets.py)."""
+
+    file: str | None = Field(None, description="annotations / rows: COCO instances json, refs pickle, jsonl, json")
+    image_dir: str = "."
+    instances_file: str | None = Field(None, description="RefCOCO: instances.json beside the refs pickle")
+    split: str | None = Field(None, description="RefCOCO: val, testA, testB, train...")
+
+
 class DataConfig(Strict):
-    task: Literal["colour"] = "colour"
-    source: Literal["synthetic"] = "synthetic"
-    train_size: int = Field(2048, ge=1)
-    eval_size: int = Field(64, ge=1)
-    image_size: int = Field(56, ge=28)
+    task: Literal["colour", "grounding", "counting", "ocr", "detection"] = "colour"
+    source: Literal["synthetic", "coco", "refcoco", "grounding_jsonl", "pixmo_count", "pageocr"] = "synthetic"
+    train: SplitFiles = SplitFiles()
+    eval: SplitFiles = SplitFiles()
+    train_size: int | None = Field(2048, ge=1, description="subset size (synthetic: how many to draw); None = all")
+    eval_size: int | None = Field(64, ge=1)
+    subset: Literal["first", "random"] = "first"
+    max_bad_rows: int = Field(100, ge=0, description="corrupt rows skipped (and counted) before a load fails")
+    image_size: int = Field(56, ge=28, description="synthetic scenes only")
     seed: int = 0
 
 

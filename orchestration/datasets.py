@@ -1,19 +1,48 @@
-"""Datasets by config: synthetic scenes now; the public-format loaders plug in here."""
+"""Datasets by config: synthetic scenes for every task, or the public formats through orchestration/loaders.py."""
 from __future__ import annotations
 
 import random
 
 from common.records import Sample
-from orchestration.config import DataConfig
-from orchestration.synthetic import colour_samples
+from orchestration import loaders
+from orchestration.config import DataConfig, SplitFiles
+from orchestration.synthetic import SYNTHETIC
+
+SOURCE_TASK = {"coco": "detection", "refcoco": "grounding", "grounding_jsonl": "grounding",
+               "pixmo_count": "counting", "pageocr": "ocr"}
+
+
+def _load_split(cfg: DataConfig, files: SplitFiles, which: str) -> list[Sample]:
+    if not files.file or files.file.startswith("<"):
+        raise loaders.DataError(f"data.{which}.file is not set for data.source={cfg.source!r}: "
+                                f"point it at your copy of the dataset (got {files.file!r})")
+    kw = {"max_bad_rows": cfg.max_bad_rows}
+    if cfg.source == "coco":
+        return loaders.load_coco(files.file, files.image_dir, **kw)
+    if cfg.source == "refcoco":
+        if not files.instances_file or not files.split:
+            raise loaders.DataError(f"data.{which}.instances_file and data.{which}.split are needed for refcoco")
+        return loaders.load_refcoco(files.file, files.instances_file, files.image_dir, files.split, **kw)
+    if cfg.source == "grounding_jsonl":
+        return loaders.load_grounding_jsonl(files.file, files.image_dir, **kw)
+    if cfg.source == "pixmo_count":
+        return loaders.load_pixmo_count(files.file, files.image_dir, **kw)
+    if cfg.source == "pageocr":
+        return loaders.load_pageocr(files.file, files.image_dir, **kw)
+    raise ValueError(f"unknown data.source {cfg.source!r}")
 
 
 def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held-out eval) samples."""
-    if cfg.source == "synthetic" and cfg.task == "colour":
-        return (colour_samples(cfg.train_size, cfg.seed, cfg.image_size, "train"),
-                colour_samples(cfg.eval_size, cfg.seed, cfg.image_size, "eval"))
-    raise ValueError(f"no dataset for data.task={cfg.task!r} with data.source={cfg.source!r}")
+    if cfg.source == "synthetic":
+        make = SYNTHETIC[cfg.task]
+        return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train"),
+                make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval"))
+    if SOURCE_TASK[cfg.source] != cfg.task:
+        raise ValueError(f"data.source={cfg.source!r} holds {SOURCE_TASK[cfg.source]} data, not data.task={cfg.task!r}")
+    train = loaders.subset(_load_split(cfg, cfg.train, "train"), cfg.train_size, cfg.subset, cfg.seed)
+    evaluation = loaders.subset(_load_split(cfg, cfg.eval, "eval"), cfg.eval_size, "first", cfg.seed)
+    return train, evaluation
 
 
 class PromptSampler:

@@ -12,6 +12,7 @@ class Tracker:
     def __init__(self, cfg: RunConfig, out_dir: Path):
         import wandb
 
+        out_dir.mkdir(parents=True, exist_ok=True)
         mode = cfg.wandb.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"

@@ -55,11 +55,12 @@ def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[Encod
     """Prompts as both engines and learner will see them, and what the reward needs to score the answers."""
     prompts, contexts = [], []
     for s in samples:
-        p = encode_prompt(processor, s.id, s.load_image(), s.question, min_pixels=cfg.model.min_pixels,
+        image = s.load_image()
+        p = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
                           max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
         prompts.append(p)
         contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
-                                      s.image_size))
+                                      image.size))
     return prompts, contexts
 
 

@@ -115,11 +115,33 @@ def to_answer_space(box_xyxy, convention: str, scale: tuple[float, float], orig_
     return [x1 / w * 1000, y1 / h * 1000, x2 / w * 1000, y2 / h * 1000]
 
 
+def to_original_space(box_xyxy, convention: str, scale: tuple[float, float], orig_size: tuple[int, int]
+                      ) -> list[float]:
+    """A box the model gave -> original-image pixels (the inverse of `to_answer_space`)."""
+    x1, y1, x2, y2 = box_xyxy
+    if convention == "qwen25vl":
+        sx, sy = scale
+        return [x1 / sx, y1 / sy, x2 / sx, y2 / sy]
+    w, h = orig_size
+    return [x1 / 1000 * w, y1 / 1000 * h, x2 / 1000 * w, y2 / 1000 * h]
+
+
 def answer_space_diagonal(convention: str, resized_size: tuple[int, int]) -> float:
     if convention == "qwen2vl":
         return 1000 * math.sqrt(2)
     w, h = resized_size
     return math.hypot(w, h)
+
+
+def box_iou(a, b) -> float:
+    """IoU of two xyxy boxes as plain floats (for one pair, faster than building arrays)."""
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = iw * ih
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

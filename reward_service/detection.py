@@ -17,10 +17,12 @@ An image without objects answered with `[]` scores 3.0.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from reward_service.boxes import Box, giou_matrix, iou_matrix, parse_boxes, to_answer_space
+from reward_service.boxes import Box, giou_matrix, iou_matrix, parse_boxes, to_answer_space, to_original_space
 
 MAX_REWARD = 3.0
 SMALL, MEDIUM = 32**2, 96**2
@@ -84,12 +86,13 @@ def detection_reward(answer: str, gt_boxes, gt_labels, categories, *, convention
     precision, recall = kept / p, kept / g
     number = 0.75 * (2 * precision * recall / (precision + recall))
     label = float(same[rows, cols].mean())
+    # math.fsum: exact, so the value does not depend on summation order (the reference agrees to the last bit).
     if size_weights:
         areas = [(gt_boxes[c][2] - gt_boxes[c][0]) * (gt_boxes[c][3] - gt_boxes[c][1]) for c in cols]
-        weights = np.array([size_weight(a) for a in areas])
-        iou = float((weights * ious).sum() / weights.sum())
+        weights = [size_weight(a) for a in areas]
+        iou = math.fsum(w * i for w, i in zip(weights, ious.tolist())) / math.fsum(weights)
     else:
-        iou = float(ious.mean())
+        iou = math.fsum(ious.tolist()) / kept
     penalty = 0.5 * ((p - kept) / p + (g - kept) / g) if missing_penalty else 0.0
     total = min(MAX_REWARD, max(0.0, 0.25 * fmt + number + label + iou - penalty))
     return {"format": fmt, "number": number, "label": label, "iou": iou, "penalty": penalty, "total": total}
@@ -103,11 +106,7 @@ def answer_to_coco(answer: str, categories, category_ids: dict[str, int], *, con
         return []
     results = []
     for b in parsed[0]:
-        if convention == "qwen25vl":
-            x1, y1, x2, y2 = b.x1 / scale[0], b.y1 / scale[1], b.x2 / scale[0], b.y2 / scale[1]
-        else:
-            w, h = orig_size
-            x1, y1, x2, y2 = b.x1 / 1000 * w, b.y1 / 1000 * h, b.x2 / 1000 * w, b.y2 / 1000 * h
+        x1, y1, x2, y2 = to_original_space(b.as_list(), convention, scale, orig_size)
         results.append({"image_id": image_id, "category_id": category_ids[b.label],
                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return results

@@ -4,24 +4,16 @@ Same formula and operation order as reward_service/detection.py, so the two agre
 """
 from __future__ import annotations
 
+import math
+
 from scipy.optimize import linear_sum_assignment
 
-from reward_service.boxes import to_answer_space
+from reward_service.boxes import box_iou, to_answer_space
 from reward_service.detection import MAX_REWARD, size_weight, valid_items
 
 
-def _iou(a, b) -> float:
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _giou(a, b) -> float:
-    iou = _iou(a, b)
+    iou = box_iou(a, b)
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
     iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
@@ -69,7 +61,7 @@ def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, conve
     rows, cols = linear_sum_assignment(cost)
     kept = []
     for r, c in zip(rows.tolist(), cols.tolist()):
-        iou = _iou(valid[r].as_list(), gts[c])
+        iou = box_iou(valid[r].as_list(), gts[c])
         if iou > 0.5:
             kept.append((r, c, iou))
     if not kept:
@@ -80,9 +72,9 @@ def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, conve
     label = sum(1.0 if valid[r].label == gt_labels[c] else 0.0 for r, c, _ in kept) / k
     if size_weights:
         ws = [size_weight((gt_boxes[c][2] - gt_boxes[c][0]) * (gt_boxes[c][3] - gt_boxes[c][1])) for _, c, _ in kept]
-        iou = sum(wt * i for wt, (_, _, i) in zip(ws, kept)) / sum(ws)
+        iou = math.fsum(wt * i for wt, (_, _, i) in zip(ws, kept)) / math.fsum(ws)
     else:
-        iou = sum(i for _, _, i in kept) / k
+        iou = math.fsum(i for _, _, i in kept) / k
     penalty = 0.5 * ((p - k) / p + (g - k) / g) if missing_penalty else 0.0
     total = min(MAX_REWARD, max(0.0, 0.25 * fmt + number + label + iou - penalty))
     return {"format": fmt, "number": number, "label": label, "iou": iou, "penalty": penalty, "total": total}

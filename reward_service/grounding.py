@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reward_service.boxes import iou_matrix, parse_boxes, to_answer_space
+from reward_service.boxes import box_iou, parse_boxes, to_answer_space
 
 ACC_THRESHOLDS = (0.1, 0.3, 0.5, 0.75, 0.95)
 
@@ -26,8 +26,7 @@ def grounding_reward(answer: str, gt_xyxy, *, convention: str, scale, orig_size,
     box = predicted_box(answer, convention)
     if box is None:
         return {"format": 0.0, "iou": 0.0, "answer": 0.0, "total": 0.0}
-    gt = np.array([to_answer_space(gt_xyxy, convention, scale, orig_size)], dtype=np.float64)
-    iou = float(iou_matrix(np.array([box.as_list()]), gt)[0, 0])
+    iou = box_iou(box.as_list(), to_answer_space(gt_xyxy, convention, scale, orig_size))
     ans = iou ** iou_power
     return {"format": 1.0, "iou": iou, "answer": ans, "total": 1.0 + ans}
 

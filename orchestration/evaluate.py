@@ -1,0 +1,164 @@
+"""Evaluation: greedy decoding of a checkpoint over a dataset, the task's metrics, a JSON report, example images.
+
+    perception-r1 eval --config C --checkpoint P [key.sub=value ...]
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import ImageDraw
+from tqdm import tqdm
+
+from common.records import RewardContext, SamplingParams, Sample
+from common.vision import encode_prompt
+from orchestration.config import RunConfig
+from reward_service.boxes import parse_boxes, to_original_space
+from reward_service.config import RewardOptions
+from reward_service.counting import count_boxes, counting_metrics
+from reward_service.detection import answer_to_coco, coco_ap
+from reward_service.grounding import grounding_metrics
+from reward_service.ocr import ocr_metrics
+from reward_service.worker import score_one
+
+TRUE, PRED = (0, 200, 0), (230, 0, 0)
+
+
+def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts: list[RewardContext],
+                 scored, opts: RewardOptions) -> dict[str, float]:
+    """The paper's metrics for the task, computed from the greedy answers."""
+    if task == "grounding":
+        return grounding_metrics([s.components.get("iou", 0.0) for s in scored])
+    if task == "counting":
+        return counting_metrics([count_boxes(a, opts.box_convention) for a in answers],
+                                [len(s.solution["points"]) for s in samples])
+    if task == "ocr":
+        return ocr_metrics(answers, [s.solution["text"] for s in samples])
+    if task == "detection":
+        names = sorted({c for s in samples for c in (opts.categories or s.solution["categories"])})
+        ids = {n: i + 1 for i, n in enumerate(names)}
+        gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in ids.items()]}
+        results = []
+        for k, (s, a, ctx) in enumerate(zip(samples, answers, contexts)):
+            gt["images"].append({"id": k + 1, "width": ctx.orig_size[0], "height": ctx.orig_size[1]})
+            for b, label in zip(s.solution["boxes"], s.solution["labels"]):
+                w, h = b[2] - b[0], b[3] - b[1]
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": k + 1, "iscrowd": 0,
+                                          "category_id": ids[label], "bbox": [b[0], b[1], w, h], "area": w * h})
+            results += answer_to_coco(a, opts.categories or s.solution["categories"], ids,
+                                      convention=opts.box_convention, scale=ctx.scale, orig_size=ctx.orig_size,
+                                      image_id=k + 1)
+        return coco_ap(gt, results)
+    if task == "colour":
+        return {"accuracy": float(np.mean([s.components.get("accuracy", 0.0) for s in scored]))}
+    raise ValueError(f"no metrics for task {task!r}")
+
+
+def true_boxes(sample: Sample) -> list[list[float]]:
+    sol = sample.solution
+    if sample.task == "grounding":
+        return [sol["box"]]
+    if sample.task == "detection":
+        return sol["boxes"]
+    if sample.task == "counting":
+        return [[x - 2, y - 2, x + 2, y + 2] for x, y in sol["points"]]
+    return []
+
+
+def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOptions, path: Path):
+    """The original image with true boxes in green and predicted ones in red."""
+    image = sample.load_image()
+    draw = ImageDraw.Draw(image)
+    for b in true_boxes(sample):
+        draw.rectangle(b, outline=TRUE, width=2)
+    for b in parse_boxes(answer, opts.box_convention) or []:
+        if b is not None and b.valid:
+            draw.rectangle(to_original_space(b.as_list(), opts.box_convention, ctx.scale, ctx.orig_size),
+                           outline=PRED, width=2)
+    image.save(path)
+    return image
+
+
+def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples: int = 4, tracker=None) -> dict:
+    """Greedy answers for the eval split; writes `report.json` and example PNGs to out_dir; returns the report."""
+    from transformers import AutoProcessor
+
+    from orchestration.datasets import build_datasets
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = cfg.reward.options
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    _, samples = build_datasets(cfg.data)
+    engine = _engine(cfg, checkpoint)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
+    answers, contexts, scored = [], [], []
+    t0 = time.perf_counter()
+    for s in tqdm(samples, desc="eval", unit="sample"):
+        image = s.load_image()
+        prompt = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
+                               max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
+        ctx = RewardContext(s.id, s.task, s.solution, prompt.scale, (prompt.image.shape[1], prompt.image.shape[0]),
+                            image.size)
+        [[rollout]] = engine.generate([prompt], greedy)
+        answers.append(rollout.response_text)
+        contexts.append(ctx)
+        scored.append(score_one(rollout, ctx, opts))
+    elapsed = time.perf_counter() - t0
+    report = {
+        "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(samples),
+        "metrics": task_metrics(cfg.data.task, samples, answers, contexts, scored, opts),
+        "reward_mean": float(np.mean([s.reward for s in scored])) if scored else 0.0,
+        "reward_errors": sum(s.error is not None for s in scored),
+        "seconds": elapsed,
+        "examples": [{"id": s.id, "question": s.question, "answer": a, "solution": s.solution}
+                     for s, a in list(zip(samples, answers))[:num_examples]],
+    }
+    images = [draw_example(s, a, c, opts, out / f"example_{i}.png")
+              for i, (s, a, c) in enumerate(list(zip(samples, answers, contexts))[:num_examples])]
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    if tracker is not None:
+        tracker.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=0)
+        tracker.log_images("eval/examples", images, [r["answer"][:200] for r in report["examples"]], step=0)
+    return report
+
+
+def _engine(cfg: RunConfig, checkpoint: str):
+    if cfg.rollout.backend == "vllm":
+        from rollout_workers.vllm_engine import VLLMEngine
+
+        return VLLMEngine(checkpoint, dtype=cfg.rollout.dtype, allowed_tokens=cfg.rollout.allowed_tokens,
+                          gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
+    from rollout_workers.transformers_engine import TransformersEngine
+
+    return TransformersEngine(checkpoint, device=cfg.rollout.device, dtype=cfg.rollout.dtype,
+                              allowed_tokens=cfg.rollout.allowed_tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import logging
+
+    from orchestration.config import load_config
+    from orchestration.tracking import Tracker
+
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint with greedy decoding")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True, help="a from_pretrained directory (e.g. <run>/final)")
+    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint>/eval)")
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or Path(args.checkpoint) / "eval")
+    tracker = Tracker(cfg, out)
+    try:
+        report = run_eval(cfg, args.checkpoint, out, args.examples, tracker)
+    finally:
+        tracker.finish()
+    print(json.dumps({"task": report["task"], "metrics": report["metrics"], "reward_mean": report["reward_mean"]}))
+    print(f"report: {out / 'report.json'}")
+    return 0

@@ -1,0 +1,23 @@
+"""The user-turn prompts of SPEC.md (system prompt: 'You are a helpful assistant.')."""
+from __future__ import annotations
+
+
+def grounding_prompt(expression: str) -> str:
+    return f"Output the bounding box of the {expression} in the image."
+
+
+def counting_prompt(label: str) -> str:
+    return f"Output all the bounding boxes of the {label}"
+
+
+def ocr_prompt() -> str:
+    return "OCR this image."
+
+
+def detection_prompt(categories: list[str]) -> str:
+    return f"Please output bbox coordinates and names of {', '.join(categories)}."
+
+
+def detection_eval_prompt(categories: list[str]) -> str:
+    return ("Locate every item from the category list in the image and output the coordinates in JSON format. "
+            f"The category set includes {', '.join(categories)}.")
