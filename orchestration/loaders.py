@@ -72,6 +72,22 @@ def _read_rows(path: Path, bad: BadRows) -> list[tuple[int, object]]:
     return list(enumerate(data))
 
 
+ROW_ERRORS = (KeyError, TypeError, ValueError, IndexError)
+
+
+def _load_rows(path: str | Path, what: str, max_bad_rows: int, make_sample) -> list[Sample]:
+    """`make_sample(path, row_no, row)` over every row of a .jsonl/.json file; a row it fails on is reported."""
+    p = _require(path, what)
+    bad = BadRows(p, max_bad_rows)
+    samples = []
+    for row_no, row in _read_rows(p, bad):
+        try:
+            samples.append(make_sample(p, row_no, row))
+        except ROW_ERRORS as exc:
+            bad.report(row_no, repr(exc))
+    return samples
+
+
 def _xywh_to_xyxy(b) -> list[float]:
     if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
         raise ValueError(f"bbox must be 4 numbers, got {b!r}")
@@ -110,7 +126,7 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path, *, max_bad_row
             if ann["category_id"] not in cats:
                 raise ValueError(f"unknown category_id {ann['category_id']!r}")
             by_image[ann["image_id"]].append((_xywh_to_xyxy(ann["bbox"]), cats[ann["category_id"]]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except ROW_ERRORS as exc:
             bad.report(i, f"annotation: {exc!r}")
     samples = []
     for i, img in enumerate(data.get("images", [])):
@@ -122,7 +138,7 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path, *, max_bad_row
                 solution={"boxes": [b for b, _ in objs], "labels": [n for _, n in objs], "categories": names,
                           "image_id": img["id"]},
             ))
-        except (KeyError, TypeError, ValueError) as exc:
+        except ROW_ERRORS as exc:
             bad.report(i, f"image: {exc!r}")
     return samples
 
@@ -156,67 +172,53 @@ def load_refcoco(refs_file: str | Path, instances_file: str | Path, image_dir: s
                     question=grounding_prompt(text), solution={"box": box},
                     image_size=(int(img["width"]), int(img["height"])),
                 ))
-        except (KeyError, TypeError, ValueError) as exc:
+        except ROW_ERRORS as exc:
             bad.report(i, f"ref: {exc!r}")
     return samples
 
 
 def load_grounding_jsonl(path: str | Path, image_root: str | Path = ".", *, max_bad_rows: int = 100) -> list[Sample]:
     """The common jsonl form `{"image": path, "problem": expression, "solution": [x1, y1, x2, y2]}` (pixels)."""
-    p = _require(path, "grounding jsonl")
-    bad = BadRows(p, max_bad_rows)
-    samples = []
-    for row_no, row in _read_rows(p, bad):
-        try:
-            box = row["solution"]
-            if isinstance(box, str):
-                box = json.loads(box)
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                raise ValueError(f"solution must be [x1, y1, x2, y2], got {row['solution']!r}")
-            if box[2] < box[0] or box[3] < box[1]:
-                raise ValueError(f"solution box is inverted: {box!r}")
-            samples.append(Sample(id=f"{p.stem}-{row_no}", task="grounding", image=str(Path(image_root) / row["image"]),
-                                  question=grounding_prompt(str(row["problem"])),
-                                  solution={"box": [float(v) for v in box]}))
-        except (KeyError, TypeError, ValueError) as exc:
-            bad.report(row_no, repr(exc))
-    return samples
+
+    def make(p: Path, row_no: int, row) -> Sample:
+        box = row["solution"]
+        if isinstance(box, str):
+            box = json.loads(box)
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise ValueError(f"solution must be [x1, y1, x2, y2], got {row['solution']!r}")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise ValueError(f"solution box is inverted: {box!r}")
+        return Sample(id=f"{p.stem}-{row_no}", task="grounding", image=str(Path(image_root) / row["image"]),
+                      question=grounding_prompt(str(row["problem"])), solution={"box": [float(v) for v in box]})
+
+    return _load_rows(path, "grounding jsonl", max_bad_rows, make)
 
 
 def load_pixmo_count(path: str | Path, image_root: str | Path = ".", *, max_bad_rows: int = 100) -> list[Sample]:
     """PixMo-Count rows: a local `image` path, `label`, `count` and `points` ([x, y] or {"x", "y"}, pixels)."""
-    p = _require(path, "PixMo-Count file")
-    bad = BadRows(p, max_bad_rows)
-    samples = []
-    for row_no, row in _read_rows(p, bad):
-        try:
-            image = row.get("image") or row.get("image_path")
-            if not image:
-                raise ValueError("no local 'image' path (download the images first; URLs are not fetched)")
-            points = [[float(q["x"]), float(q["y"])] if isinstance(q, dict) else [float(q[0]), float(q[1])]
-                      for q in row["points"]]
-            if int(row["count"]) != len(points):
-                raise ValueError(f"count {row['count']} != {len(points)} points")
-            samples.append(Sample(id=f"{p.stem}-{row_no}", task="counting", image=str(Path(image_root) / image),
-                                  question=counting_prompt(str(row["label"])),
-                                  solution={"points": points, "count": len(points)}))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            bad.report(row_no, repr(exc))
-    return samples
+
+    def make(p: Path, row_no: int, row) -> Sample:
+        image = row.get("image") or row.get("image_path")
+        if not image:
+            raise ValueError("no local 'image' path (download the images first; URLs are not fetched)")
+        points = [[float(q["x"]), float(q["y"])] if isinstance(q, dict) else [float(q[0]), float(q[1])]
+                  for q in row["points"]]
+        if int(row["count"]) != len(points):
+            raise ValueError(f"count {row['count']} != {len(points)} points")
+        return Sample(id=f"{p.stem}-{row_no}", task="counting", image=str(Path(image_root) / image),
+                      question=counting_prompt(str(row["label"])), solution={"points": points, "count": len(points)})
+
+    return _load_rows(path, "PixMo-Count file", max_bad_rows, make)
 
 
 def load_pageocr(path: str | Path, image_root: str | Path = ".", *, max_bad_rows: int = 100) -> list[Sample]:
     """PageOCR rows `{"image": ..., "conversations": [{"from": "human", ...}, {"from": "gpt", "value": text}]}`."""
-    p = _require(path, "PageOCR file")
-    bad = BadRows(p, max_bad_rows)
-    samples = []
-    for row_no, row in _read_rows(p, bad):
-        try:
-            answers = [c["value"] for c in row["conversations"] if c.get("from") == "gpt"]
-            if len(answers) != 1 or not isinstance(answers[0], str):
-                raise ValueError("needs exactly one 'gpt' turn with the page text")
-            samples.append(Sample(id=f"{p.stem}-{row_no}", task="ocr", image=str(Path(image_root) / row["image"]),
-                                  question=ocr_prompt(), solution={"text": answers[0]}))
-        except (KeyError, TypeError, ValueError) as exc:
-            bad.report(row_no, repr(exc))
-    return samples
+
+    def make(p: Path, row_no: int, row) -> Sample:
+        answers = [c["value"] for c in row["conversations"] if c.get("from") == "gpt"]
+        if len(answers) != 1 or not isinstance(answers[0], str):
+            raise ValueError("needs exactly one 'gpt' turn with the page text")
+        return Sample(id=f"{p.stem}-{row_no}", task="ocr", image=str(Path(image_root) / row["image"]),
+                      question=ocr_prompt(), solution={"text": answers[0]})
+
+    return _load_rows(path, "PageOCR file", max_bad_rows, make)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_ANSWER_CHARS = 200_000  # longer answers are not parsed at all (no reward actor may stall on one)
+# No image is 100k pixels wide; beyond this a coordinate is nonsense, and squared distances would overflow to inf.
+MAX_COORDINATE = 1e5
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
 _QWEN2VL_BOX = re.compile(
@@ -55,7 +57,7 @@ def _number(x) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     x = float(x)
-    return x if math.isfinite(x) else None
+    return x if math.isfinite(x) and abs(x) <= MAX_COORDINATE else None
 
 
 def _box_from(obj) -> Box | None:

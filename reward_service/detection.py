@@ -46,23 +46,32 @@ def _cxcywh(b: np.ndarray) -> tuple[np.ndarray, ...]:
     return (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
 
 
+ZERO = {"format": 0.0, "number": 0.0, "label": 0.0, "iou": 0.0, "penalty": 0.0, "total": 0.0}
+
+
+def format_stage(answer: str, num_gt: int, categories, convention: str) -> tuple[dict[str, float], list[Box]]:
+    """Step 1: (components so far, valid boxes). Matching goes on only when the valid boxes and num_gt are both
+    non-empty; otherwise the components returned are final."""
+    parsed = valid_items(answer, categories, convention)
+    if parsed is None:
+        return ZERO, []
+    valid, n_items = parsed
+    if n_items == 0:
+        return ({**ZERO, "format": 1.0, "total": MAX_REWARD} if num_gt == 0 else ZERO), []
+    if not valid:
+        return ZERO, []
+    fmt = len(valid) / n_items
+    return {**ZERO, "format": fmt, "total": 0.25 * fmt}, valid
+
+
 def detection_reward(answer: str, gt_boxes, gt_labels, categories, *, convention: str, scale, orig_size,
                      resized_size, l1_normalized: bool = False, size_weights: bool = False,
                      missing_penalty: bool = True) -> dict[str, float]:
     """Components format, number, label, iou, penalty and total; ground truth boxes are xyxy original pixels."""
-    zero = {"format": 0.0, "number": 0.0, "label": 0.0, "iou": 0.0, "penalty": 0.0, "total": 0.0}
-    parsed = valid_items(answer, categories, convention)
-    if parsed is None:
-        return zero
-    valid, n_items = parsed
-    if n_items == 0:
-        return {**zero, "format": 1.0, "total": MAX_REWARD} if len(gt_boxes) == 0 else zero
-    if not valid:
-        return zero
-    fmt = len(valid) / n_items
-    out = {**zero, "format": fmt, "total": 0.25 * fmt}
-    if len(gt_boxes) == 0:
+    out, valid = format_stage(answer, len(gt_boxes), categories, convention)
+    if not valid or len(gt_boxes) == 0:
         return out
+    fmt = out["format"]
     pred = np.array([b.as_list() for b in valid], dtype=np.float64)
     gt = np.array([to_answer_space(b, convention, scale, orig_size) for b in gt_boxes], dtype=np.float64)
     pcx, pcy, pw, ph = _cxcywh(pred)

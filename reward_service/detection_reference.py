@@ -1,4 +1,5 @@
-"""The detection reward written plainly, one box pair at a time: the baseline of `make bench` and a test oracle.
+"""The detection reward's matching and scoring written plainly, one box pair at a time: the baseline of
+`make bench` and a test oracle.
 
 Same formula and operation order as reward_service/detection.py, so the two agree exactly.
 """
@@ -9,7 +10,7 @@ import math
 from scipy.optimize import linear_sum_assignment
 
 from reward_service.boxes import box_iou, to_answer_space
-from reward_service.detection import MAX_REWARD, size_weight, valid_items
+from reward_service.detection import MAX_REWARD, format_stage, size_weight
 
 
 def _giou(a, b) -> float:
@@ -25,19 +26,10 @@ def _giou(a, b) -> float:
 
 def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, convention, scale, orig_size,
                                resized_size, l1_normalized=False, size_weights=False, missing_penalty=True):
-    zero = {"format": 0.0, "number": 0.0, "label": 0.0, "iou": 0.0, "penalty": 0.0, "total": 0.0}
-    parsed = valid_items(answer, categories, convention)
-    if parsed is None:
-        return zero
-    valid, n_items = parsed
-    if n_items == 0:
-        return {**zero, "format": 1.0, "total": MAX_REWARD} if len(gt_boxes) == 0 else zero
-    if not valid:
-        return zero
-    fmt = len(valid) / n_items
-    out = {**zero, "format": fmt, "total": 0.25 * fmt}
-    if len(gt_boxes) == 0:
+    out, valid = format_stage(answer, len(gt_boxes), categories, convention)  # parsing is shared
+    if not valid or len(gt_boxes) == 0:
         return out
+    fmt = out["format"]
     gts = [to_answer_space(b, convention, scale, orig_size) for b in gt_boxes]
     if convention == "qwen2vl":
         w, h = 1000.0, 1000.0

@@ -40,6 +40,12 @@ def test_qwen2vl_diagonal_is_1000_sqrt2():
     assert out["answer"] == pytest.approx(1 - 10 / (1000 * math.sqrt(2)))
 
 
+def test_overflowing_coordinates_are_malformed_not_a_crash():
+    # Found by hypothesis: 1e155 is finite, but its square is not, and the Hungarian solver raised.
+    out = counting_reward('[{"bbox_2d":[0,0,0,100E153],"label":"dot"}]', POINTS, convention="qwen25vl", **GEO)
+    assert out["total"] == 0.0
+
+
 def test_gate_and_metric():
     assert counting_reward("three dots", POINTS, convention="qwen25vl", **GEO)["total"] == 0.0
     assert count_boxes("[" + box(1, 1) + "," + box(5, 5) + "]", "qwen25vl") == 2

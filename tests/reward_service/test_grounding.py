@@ -39,7 +39,7 @@ def test_qwen2vl_convention_uses_0_1000_of_the_original():
 
 @pytest.mark.parametrize("bad", [
     "the box is [1, 2, 3, 4]", "", "[1, 2, 3]", '{"bbox_2d": [1, 2, "x", 4]}', "[[1,2,3,4],[1,2,3,4]]",
-    '[{"bbox_2d": [50, 50, 10, 10]}]', "<|box_start|>(1,2),(3,4)<|box_end|>", "[1e999, 0, 1, 1]",
+    '[{"bbox_2d": [50, 50, 10, 10]}]', "<|box_start|>(1,2),(3,4)<|box_end|>", "[1e999, 0, 1, 1]", "[0, 0, 0, 100E153]",
 ])
 def test_malformed_answers_score_zero(bad):
     assert r(bad)["total"] == 0.0
