@@ -24,10 +24,12 @@ def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[Re
     index = {ref: i for i, ref in enumerate(gen_refs)}
     score_refs: list = [None] * len(gen_refs)
     pending = list(gen_refs)
+    t_first_submit = None
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         i = index[ready[0]]
         score_refs[i] = services.rewards.submit(ready[0], [contexts[i]])
+        t_first_submit = t_first_submit if t_first_submit is not None else time.perf_counter() - t0
     t_gen = time.perf_counter() - t0
     results = services.rewards.collect(score_refs)
     groups, timeouts = [], 0
@@ -40,6 +42,8 @@ def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[Re
             groups.append(result[0])
     metrics = rollout_metrics(groups)
     metrics.update({"reward/timeouts": float(timeouts), "time/generate_s": t_gen,
+                    # how long scoring ran alongside generation: > 0 shows groups streamed to the reward pool
+                    "time/reward_overlap_s": t_gen - (t_first_submit or t_gen),
                     "time/reward_tail_s": time.perf_counter() - t0 - t_gen})
     return groups, metrics
 
@@ -62,7 +66,8 @@ def rollout_metrics(groups: list[list[ScoredRollout]]) -> dict[str, float]:
         "response/length_max": float(lengths.max()),
         "response/truncated_frac": float(np.mean([s.rollout.finish_reason == "length" for s in flat])),
     }
-    # Components are averaged over all answers (an errored answer counts as 0 in each), so they add up to the mean.
+    # Components (and diagnostics such as iou or count_error) are averaged over all answers, an errored answer
+    # counting as 0 in each, so the weighted components add up to reward/mean.
     for name, values in components.items():
         out[f"reward/{name}"] = float(np.sum(values) / len(flat))
     return out

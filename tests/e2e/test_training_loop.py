@@ -102,6 +102,8 @@ def test_train_logs_every_metric_to_wandb_offline(ray_cluster, tmp_path):
         missing = [k for k in required if k not in r]
         assert not missing, f"step {r['step']} lacks {missing}"
         assert r["sampling/logprob_diff"] < 1e-4
+        # The first group went to the reward pool while later groups were still being generated.
+        assert r["time/reward_overlap_s"] > 0
     assert [r["policy/version"] for r in steps] == [1.0, 2.0, 3.0]
     run_files = list(Path(result.wandb_dir).glob("run-*.wandb"))
     assert run_files, f"no offline W&B run file in {result.wandb_dir}"
