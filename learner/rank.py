@@ -137,7 +137,7 @@ class LearnerRank:
                 )
                 self.engine.backward(loss)
                 self.engine.step()
-                sums["loss"] += float(loss) / scale * self.world_size / self.grpo.ppo_epochs
+                sums["loss"] += float(loss.detach()) / scale * self.world_size / self.grpo.ppo_epochs
                 for k in ("kl", "clip_frac", "ratio"):
                     sums[k] += float(stats[k]) / (len(batches) * self.grpo.ppo_epochs)
             grad_norm = _to_float(self.engine.get_global_grad_norm())

@@ -54,8 +54,9 @@ def collate(
         # Position i holds the log-prob of token i+1, so response token j sits at p + j - 1.
         mask[b, p - 1 : p + r - 1] = (~bad).float()
         engine_lp[b, p - 1 : p + r - 1] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
-    pixel_values = torch.cat([torch.from_numpy(prompts[it.sample_id].pixel_values) for it in items])
-    grid = torch.cat([torch.from_numpy(prompts[it.sample_id].image_grid_thw) for it in items])
+    # torch.tensor copies: arrays from Ray's object store are read-only.
+    pixel_values = torch.cat([torch.tensor(prompts[it.sample_id].pixel_values) for it in items])
+    grid = torch.cat([torch.tensor(prompts[it.sample_id].image_grid_thw) for it in items])
     inputs = dict(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),

@@ -11,7 +11,7 @@ import time
 
 from scipy.optimize import linear_sum_assignment
 
-from reward_service.boxes import box_iou, parse_boxes, to_answer_space
+from reward_service.boxes import parse_boxes, to_answer_space
 from reward_service.counting import counting_reward, points_to_answer_space
 from reward_service.detection import detection_reward
 from reward_service.detection_reference import detection_reward_reference

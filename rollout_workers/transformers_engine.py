@@ -59,8 +59,9 @@ class TransformersEngine:
         inputs = dict(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            pixel_values=torch.from_numpy(req.pixel_values).to(self.device, self.model.dtype),
-            image_grid_thw=torch.from_numpy(req.image_grid_thw).to(self.device),
+            # torch.tensor copies: arrays from Ray's object store are read-only.
+            pixel_values=torch.tensor(req.pixel_values).to(self.device, self.model.dtype),
+            image_grid_thw=torch.tensor(req.image_grid_thw).to(self.device),
             mm_token_type_ids=mm_token_type_ids(ids, self.model.config),
         )
         greedy = sampling.temperature <= 0
