@@ -26,8 +26,18 @@ from reward_service.worker import score_one
 TRUE, PRED = (0, 200, 0), (230, 0, 0)
 
 
+def official_coco_gt(annotation_file: str, samples: list[Sample]) -> dict:
+    """The original annotation file limited to the evaluated images: crowd regions stay (COCOeval ignores
+    detections on them), ids stay COCO's own."""
+    data = json.loads(Path(annotation_file).read_text())
+    keep = {s.solution["image_id"] for s in samples}
+    return {"images": [im for im in data["images"] if im["id"] in keep],
+            "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+            "categories": data["categories"]}
+
+
 def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts: list[RewardContext],
-                 scored, opts: RewardOptions) -> dict[str, float]:
+                 scored, opts: RewardOptions, coco_gt: dict | None = None) -> dict[str, float]:
     """The paper's metrics for the task, computed from the greedy answers."""
     if task == "grounding":
         return grounding_metrics([s.components.get("iou", 0.0) for s in scored])
@@ -37,19 +47,25 @@ def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts:
     if task == "ocr":
         return ocr_metrics(answers, [s.solution["text"] for s in samples])
     if task == "detection":
-        names = sorted({c for s in samples for c in (opts.categories or s.solution["categories"])})
-        ids = {n: i + 1 for i, n in enumerate(names)}
-        gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in ids.items()]}
+        if coco_gt is not None:
+            gt, ids = coco_gt, {c["name"]: c["id"] for c in coco_gt["categories"]}
+            image_ids = [s.solution["image_id"] for s in samples]
+        else:  # build a COCO-format ground truth from the samples (synthetic scenes, other sources)
+            names = sorted({c for s in samples for c in (opts.categories or s.solution["categories"])})
+            ids = {n: i + 1 for i, n in enumerate(names)}
+            gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in ids.items()]}
+            image_ids = list(range(1, len(samples) + 1))
+            for k, (s, ctx) in zip(image_ids, zip(samples, contexts)):
+                gt["images"].append({"id": k, "width": ctx.orig_size[0], "height": ctx.orig_size[1]})
+                for b, label in zip(s.solution["boxes"], s.solution["labels"]):
+                    w, h = b[2] - b[0], b[3] - b[1]
+                    gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": k, "iscrowd": 0,
+                                              "category_id": ids[label], "bbox": [b[0], b[1], w, h], "area": w * h})
         results = []
-        for k, (s, a, ctx) in enumerate(zip(samples, answers, contexts)):
-            gt["images"].append({"id": k + 1, "width": ctx.orig_size[0], "height": ctx.orig_size[1]})
-            for b, label in zip(s.solution["boxes"], s.solution["labels"]):
-                w, h = b[2] - b[0], b[3] - b[1]
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": k + 1, "iscrowd": 0,
-                                          "category_id": ids[label], "bbox": [b[0], b[1], w, h], "area": w * h})
+        for k, s, a, ctx in zip(image_ids, samples, answers, contexts):
             results += answer_to_coco(a, opts.categories or s.solution["categories"], ids,
                                       convention=opts.box_convention, scale=ctx.scale, orig_size=ctx.orig_size,
-                                      image_id=k + 1)
+                                      image_id=k)
         return coco_ap(gt, results)
     if task == "colour":
         return {"accuracy": float(np.mean([s.components.get("accuracy", 0.0) for s in scored]))}
@@ -109,7 +125,9 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     elapsed = time.perf_counter() - t0
     report = {
         "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(samples),
-        "metrics": task_metrics(cfg.data.task, samples, answers, contexts, scored, opts),
+        "metrics": task_metrics(cfg.data.task, samples, answers, contexts, scored, opts,
+                                coco_gt=official_coco_gt(cfg.data.eval.file, samples) if cfg.data.source == "coco"
+                                else None),
         "reward_mean": float(np.mean([s.reward for s in scored])) if scored else 0.0,
         "reward_errors": sum(s.error is not None for s in scored),
         "seconds": elapsed,

@@ -39,3 +39,29 @@ def test_eval_draws_true_and_predicted_boxes(tmp_path):
     image = draw_example(sample, answer, ctx, load_config(CONFIG).reward.options, tmp_path / "x.png")
     assert image.getpixel((int(b[0]), int(b[1]) + 10)) == TRUE
     assert image.getpixel((int(b[0]) + 5, int(b[1]) + 10)) == PRED
+
+
+def test_coco_eval_scores_against_the_official_annotations_with_crowd_regions(tmp_path):
+    """A prediction on a crowd region is ignored by COCOeval (not a false positive) when the real file is used."""
+    from common.records import RewardContext
+    from orchestration.evaluate import official_coco_gt, task_metrics
+    from orchestration.loaders import load_coco
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (200, 200)).save(tmp_path / "img" / "a.jpg")
+    ann = {"images": [{"id": 7, "file_name": "a.jpg", "width": 200, "height": 200}],
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 50, 50], "area": 2500,
+                            "iscrowd": 0},
+                           {"id": 2, "image_id": 7, "category_id": 3, "bbox": [100, 100, 80, 80], "area": 6400,
+                            "iscrowd": 1}],
+           "categories": [{"id": 3, "name": "car"}]}
+    path = tmp_path / "instances_val2017.json"
+    path.write_text(json.dumps(ann))
+    samples = load_coco(path, tmp_path / "img")
+    answer = json.dumps([{"bbox_2d": [10, 10, 60, 60], "label": "car"}, {"bbox_2d": [100, 100, 180, 180], "label": "car"}])
+    ctx = [RewardContext(samples[0].id, "detection", samples[0].solution, (1.0, 1.0), (200, 200), (200, 200))]
+    opts = load_config(CONFIG).reward.options
+    official = task_metrics("detection", samples, [answer], ctx, [], opts, coco_gt=official_coco_gt(path, samples))
+    rebuilt = task_metrics("detection", samples, [answer], ctx, [], opts)
+    assert official["AP"] == pytest.approx(1.0)  # the crowd-region box is ignored
+    assert rebuilt["AP"] < 1.0  # without the crowd annotation it is a false positive
