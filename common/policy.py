@@ -22,6 +22,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return torch.gather(F.log_softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def eos_token_ids(generation_config, tokenizer) -> set[int]:
+    """The ids that end an answer: the checkpoint's generation config (Qwen: <|im_end|>, <|endoftext|>)."""
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
 def resolve_allowed_ids(tokenizer, tokens: list[str] | None, eos_ids) -> torch.Tensor | None:
     """Token strings of an answer vocabulary -> sorted ids (end-of-turn ids always included); unknown ones raise."""
     if not tokens:

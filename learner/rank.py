@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from common.policy import resolve_allowed_ids
+from common.policy import eos_token_ids, resolve_allowed_ids
 from common.records import TrainShard
 from common.sync_group import broadcast_from_rank0, create_sync_group
 from learner.config import GRPOConfig, LearnerConfig
@@ -87,9 +87,8 @@ class LearnerRank:
         self.model_config = self.engine.module.config
         tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
         self.pad_id = tokenizer.pad_token_id
-        gen = self.engine.module.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
-        self.allowed_ids = resolve_allowed_ids(tokenizer, allowed_tokens, eos if isinstance(eos, list) else [eos])
+        eos = eos_token_ids(self.engine.module.generation_config, tokenizer)
+        self.allowed_ids = resolve_allowed_ids(tokenizer, allowed_tokens, eos)
         self.weights = ZeroWeightSource(self.engine.module, bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
         self._sync_group = None
         self.updates = 0

@@ -64,8 +64,9 @@ def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[Encod
     return prompts, contexts
 
 
-def evaluate(services: Services, processor, cfg: RunConfig, samples: list[Sample]) -> dict[str, float]:
-    """Greedy decoding over held-out samples: mean reward and its components."""
+def eval_reward(services: Services, processor, cfg: RunConfig, samples: list[Sample]) -> dict[str, float]:
+    """Greedy decoding over held-out samples on the running engines: mean reward and its components (the task's
+    full metrics come from `perception-r1 eval` on a checkpoint)."""
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
     prompts, contexts = encode(processor, cfg, samples)
     _, metrics = generate_and_score(services, prompts, contexts, greedy)
@@ -94,7 +95,7 @@ def train(cfg: RunConfig) -> TrainResult:
         version = 0
         sync_weights(services, version)  # engines start from the learner's weights (also after a resume)
         log.info("services up in %.1fs", time.perf_counter() - t0)
-        before = evaluate(services, processor, cfg, eval_set)
+        before = eval_reward(services, processor, cfg, eval_set)
         tracker.log({**before, "policy/version": version}, step=0)
         print(f"eval before training: reward {before['eval/mean']:.3f}", flush=True)
 
@@ -117,14 +118,14 @@ def train(cfg: RunConfig) -> TrainResult:
             metrics.update(sync_weights(services, version))
             metrics["policy/version"] = float(version)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-                metrics.update(evaluate(services, processor, cfg, eval_set))
+                metrics.update(eval_reward(services, processor, cfg, eval_set))
             metrics["time/step_s"] = time.perf_counter() - t_step
             tracker.log(metrics, step=step)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", lp_diff=f"{metrics['sampling/logprob_diff']:.1e}",
                             step_s=f"{metrics['time/step_s']:.1f}")
 
-        after = evaluate(services, processor, cfg, eval_set)
+        after = eval_reward(services, processor, cfg, eval_set)
         tracker.log(after, step=cfg.train.steps)
         _print_timing(history)
         if cfg.train.export_final:

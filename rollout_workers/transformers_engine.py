@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.policy import resolve_allowed_ids, token_logprobs
+from common.policy import eos_token_ids, resolve_allowed_ids, token_logprobs
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, broadcast_from_rank0, create_sync_group, torch_dtype, unflatten_bucket
 
@@ -27,8 +27,7 @@ class TransformersEngine:
         self.model.eval()
         self.tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
         gen = self.model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = eos_token_ids(gen, self.tokenizer)
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
         cfg = self.model.config
         # The policy must never emit vision placeholders: in the learner's forward they would be taken for
