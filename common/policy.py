@@ -22,6 +22,13 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return torch.gather(F.log_softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def vision_token_ids(config) -> list[int]:
+    """Ids the policy must never sample: image/video placeholders and vision delimiters. In the learner's forward
+    they would be taken for image slots ("image features and image tokens do not match")."""
+    ids = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+    return [int(i) for i in ids if i is not None]
+
+
 def eos_token_ids(generation_config, tokenizer) -> set[int]:
     """The ids that end an answer: the checkpoint's generation config (Qwen: <|im_end|>, <|endoftext|>)."""
     eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id

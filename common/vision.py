@@ -6,6 +6,7 @@ result (`EncodedPrompt`) to the engines and the learner alike.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
@@ -63,3 +64,12 @@ def encode_prompt(
         image=np.asarray(resized, dtype=np.uint8),
         scale=(resized.width / image.width, resized.height / image.height),
     )
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, config) -> torch.Tensor:
+    """1 at image placeholders, 2 at video placeholders, 0 elsewhere: what Qwen2.5-VL's 3D RoPE keys on."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == config.image_token_id] = 1
+    if config.video_token_id is not None:
+        types[input_ids == config.video_token_id] = 2
+    return types

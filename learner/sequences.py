@@ -7,6 +7,7 @@ import torch
 
 from common.policy import token_logprobs
 from common.records import EncodedPrompt, TrainItem
+from common.vision import mm_token_type_ids
 
 
 @dataclass
@@ -48,9 +49,7 @@ def collate(
         input_ids[b, :p] = prompt
         input_ids[b, p : p + r] = torch.where(bad, torch.tensor(pad_id), response)
         attention[b, : p + r] = 1
-        types[b, :p][prompt == config.image_token_id] = 1
-        if config.video_token_id is not None:
-            types[b, :p][prompt == config.video_token_id] = 2
+        types[b, :p] = mm_token_type_ids(prompt, config)  # the response stays text (0)
         # Position i holds the log-prob of token i+1, so response token j sits at p + j - 1.
         mask[b, p - 1 : p + r - 1] = (~bad).float()
         engine_lp[b, p - 1 : p + r - 1] = torch.tensor(it.engine_logprobs, dtype=torch.float32)

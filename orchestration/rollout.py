@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import ray
@@ -19,7 +20,7 @@ def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[Re
     engines = services.engines
     gen_refs = []
     for i, prompt in enumerate(prompts):
-        seeded = SamplingParams(**{**sampling.__dict__, "seed": None if sampling.seed is None else sampling.seed + i})
+        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + i)
         gen_refs.append(engines[i % len(engines)].generate.remote([prompt], seeded))
     index = {ref: i for i, ref in enumerate(gen_refs)}
     score_refs: list = [None] * len(gen_refs)

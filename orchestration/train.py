@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ def train(cfg: RunConfig) -> TrainResult:
             t_step = time.perf_counter()
             samples = sampler.next(cfg.train.prompts_per_step)
             prompts, contexts = encode(processor, cfg, samples)
-            seeded = SamplingParams(**{**sampling.__dict__, "seed": cfg.train.seed + step * 100_003})
+            seeded = replace(sampling, seed=cfg.train.seed + step * 100_003)
             groups, metrics = generate_and_score(services, prompts, contexts, seeded)
 
             t_train = time.perf_counter()

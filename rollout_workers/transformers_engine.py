@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.policy import eos_token_ids, resolve_allowed_ids, token_logprobs
+from common.policy import eos_token_ids, resolve_allowed_ids, token_logprobs, vision_token_ids
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, broadcast_from_rank0, create_sync_group, torch_dtype, unflatten_bucket
+from common.vision import mm_token_type_ids
 
 
 class TransformersEngine:
@@ -32,10 +33,7 @@ class TransformersEngine:
         cfg = self.model.config
         # The policy must never emit vision placeholders: in the learner's forward they would be taken for
         # image slots ("image features and image tokens do not match").
-        self.suppressed_ids = [
-            i for i in (cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
-            if i is not None
-        ]
+        self.suppressed_ids = vision_token_ids(cfg)
         # An answer vocabulary, when configured, defines the policy: sample only these, log-probs over these.
         self.allowed_ids = resolve_allowed_ids(self.tokenizer, allowed_tokens, self.eos_ids)
         if self.allowed_ids is not None:
@@ -142,11 +140,3 @@ class TransformersEngine:
     def get_parameter(self, name: str) -> np.ndarray:
         return self._params[name].detach().float().cpu().numpy()
 
-
-def mm_token_type_ids(input_ids: torch.Tensor, config) -> torch.Tensor:
-    """1 at image placeholders, 2 at video placeholders, 0 elsewhere: what Qwen2.5-VL's 3D RoPE keys on."""
-    types = torch.zeros_like(input_ids, dtype=torch.int32)
-    types[input_ids == config.image_token_id] = 1
-    if config.video_token_id is not None:
-        types[input_ids == config.video_token_id] = 2
-    return types

@@ -19,8 +19,10 @@ WORKER_EXTENSION = "rollout_workers.vllm_engine.WeightSyncExtension"
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.6,
                  max_model_len: int = 4096, seed: int = 0, allowed_tokens: list[str] | None = None):
-        from transformers import AutoConfig
+        from transformers import AutoConfig, GenerationConfig
         from vllm import LLM
+
+        from common.policy import eos_token_ids, resolve_allowed_ids, vision_token_ids
 
         self.llm = LLM(
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
@@ -31,13 +33,14 @@ class VLLMEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         cfg = AutoConfig.from_pretrained(model_path)
-        # Never sample vision placeholders (see TransformersEngine): a large negative bias removes them.
-        self.suppressed = {int(i): -100.0 for i in (cfg.image_token_id, cfg.video_token_id,
-                                                    cfg.vision_start_token_id, cfg.vision_end_token_id)
-                           if i is not None}
-        from common.policy import resolve_allowed_ids
-
-        allowed = resolve_allowed_ids(self.tokenizer, allowed_tokens, self._eos_ids())
+        try:
+            generation = GenerationConfig.from_pretrained(model_path)
+        except OSError:  # a checkpoint without generation_config.json
+            generation = GenerationConfig.from_model_config(cfg)
+        self.eos_ids = eos_token_ids(generation, self.tokenizer)
+        # Never sample vision placeholders: a large negative bias removes them.
+        self.suppressed = {i: -100.0 for i in vision_token_ids(cfg)}
+        allowed = resolve_allowed_ids(self.tokenizer, allowed_tokens, self.eos_ids)
         self.allowed_ids = None if allowed is None else allowed.tolist()
         self.version = 0
 
@@ -62,15 +65,12 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 lps = [float(step[t].logprob) for step, t in zip(c.logprobs, ids)]
                 finish = "stop" if c.finish_reason == "stop" else "length"
-                text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self._eos_ids() else ids
+                text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self.eos_ids else ids
                 group.append(Rollout(req.sample_id, list(req.prompt_token_ids), ids,
                                      self.tokenizer.decode(text_ids, skip_special_tokens=False), lps, self.version,
                                      finish))
             groups.append(group)
         return groups
-
-    def _eos_ids(self) -> set[int]:
-        return {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
 
     def policy_version(self) -> int:
         return self.version

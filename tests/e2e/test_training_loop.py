@@ -1,5 +1,6 @@
 """End to end on CPU: real Ray actors, a 2-rank DeepSpeed ZeRO-3 learner, the gloo weight broadcast, W&B offline."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,7 @@ def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path):
 
         def step(seed):
             prompts, contexts = encode(processor, cfg, sampler.next(cfg.train.prompts_per_step))
-            groups, metrics = generate_and_score(services, prompts, contexts, SamplingParams(**{**sampling.__dict__,
-                                                                                               "seed": seed}))
+            groups, metrics = generate_and_score(services, prompts, contexts, replace(sampling, seed=seed))
             # Rewards of the random policy may all tie; nudge one so every step has a gradient to follow.
             groups[0][0].reward += 1.0
             shards = make_shards(groups, prompts, 2, cfg.grpo.group_size, "group", 1e-4)

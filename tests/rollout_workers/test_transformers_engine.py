@@ -8,7 +8,8 @@ from transformers import AutoProcessor
 from common.records import SamplingParams
 from common.vision import encode_prompt
 from orchestration.tiny_model import write_tiny_qwen25vl
-from rollout_workers.transformers_engine import TransformersEngine, mm_token_type_ids
+from common.vision import mm_token_type_ids
+from rollout_workers.transformers_engine import TransformersEngine
 
 
 @pytest.fixture(scope="module")
