@@ -13,8 +13,8 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from common.records import RewardContext, SamplingParams, Sample
-from common.vision import encode_prompt
 from orchestration.config import RunConfig
+from orchestration.rollout import encode
 from reward_service.boxes import parse_boxes, to_original_space
 from reward_service.config import RewardOptions
 from reward_service.counting import count_boxes, counting_metrics
@@ -113,11 +113,7 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     answers, contexts, scored = [], [], []
     t0 = time.perf_counter()
     for s in tqdm(samples, desc="eval", unit="sample"):
-        image = s.load_image()
-        prompt = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
-                               max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
-        ctx = RewardContext(s.id, s.task, s.solution, prompt.scale, (prompt.image.shape[1], prompt.image.shape[0]),
-                            image.size)
+        [prompt], [ctx] = encode(processor, cfg, [s])
         [[rollout]] = engine.generate([prompt], greedy)
         answers.append(rollout.response_text)
         contexts.append(ctx)

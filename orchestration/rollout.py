@@ -8,8 +8,23 @@ from dataclasses import replace
 import numpy as np
 import ray
 
-from common.records import EncodedPrompt, RewardContext, SamplingParams, ScoredRollout, TrainItem, TrainShard
+from common.records import EncodedPrompt, RewardContext, SamplingParams, Sample, ScoredRollout, TrainItem, TrainShard
+from common.vision import encode_prompt
 from learner.grpo import group_advantages
+from orchestration.config import RunConfig
+
+
+def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[EncodedPrompt], list[RewardContext]]:
+    """Prompts as both engines and learner will see them, and what the reward needs to score the answers."""
+    prompts, contexts = [], []
+    for s in samples:
+        image = s.load_image()
+        p = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
+                          max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
+        prompts.append(p)
+        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
+                                      image.size))
+    return prompts, contexts
 
 
 def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[RewardContext],

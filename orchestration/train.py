@@ -15,11 +15,10 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from common.records import EncodedPrompt, RewardContext, SamplingParams, Sample
-from common.vision import encode_prompt
+from common.records import SamplingParams, Sample
 from orchestration.config import RunConfig, load_config
 from orchestration.datasets import PromptSampler, build_datasets
-from orchestration.rollout import generate_and_score, make_shards
+from orchestration.rollout import encode, generate_and_score, make_shards
 from orchestration.services import Services, shutdown, start_ray, start_services, sync_weights
 from orchestration.tracking import Tracker
 
@@ -49,19 +48,6 @@ def prepare_model(cfg: RunConfig, out_dir: Path) -> str:
                                    vision_hidden_size=t.vision_hidden_size, vision_depth=t.vision_depth,
                                    initializer_range=t.initializer_range, seed=t.seed,
                                    min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels))
-
-
-def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[EncodedPrompt], list[RewardContext]]:
-    """Prompts as both engines and learner will see them, and what the reward needs to score the answers."""
-    prompts, contexts = [], []
-    for s in samples:
-        image = s.load_image()
-        p = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
-                          max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
-        prompts.append(p)
-        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
-                                      image.size))
-    return prompts, contexts
 
 
 def eval_reward(services: Services, processor, cfg: RunConfig, samples: list[Sample]) -> dict[str, float]:

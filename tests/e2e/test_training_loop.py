@@ -9,9 +9,9 @@ import ray
 
 from orchestration.config import load_config
 from orchestration.datasets import PromptSampler, build_datasets
-from orchestration.rollout import generate_and_score, make_shards
+from orchestration.rollout import encode, generate_and_score, make_shards
 from orchestration.services import shutdown, start_ray, start_services, sync_weights
-from orchestration.train import encode, prepare_model, train
+from orchestration.train import prepare_model, train
 from common.records import SamplingParams
 
 pytestmark = pytest.mark.e2e
