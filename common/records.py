@@ -50,7 +50,8 @@ class EncodedPrompt:
 
 @dataclass
 class SamplingParams:
-    """How an engine samples; the defaults are the paper's (SPEC.md)."""
+    """How an engine samples; the defaults are the paper's (SPEC.md). Request i of a call draws its answers from
+    seeds starting at `seed + i * n`."""
 
     n: int = 8
     temperature: float = 1.0

@@ -6,6 +6,7 @@ built directly from a TCPStore (gloo on CPU, NCCL on GPU), the same code for bot
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +31,17 @@ class ParamMeta:
 
 
 WeightPlan = list[list[ParamMeta]]  # buckets, each broadcast as one flat tensor of one dtype
+
+
+def plan_to_wire(plan: WeightPlan) -> list[list[list]]:
+    """The plan as plain lists, the only form that crosses vLLM's msgspec `collective_rpc` serialiser intact."""
+    return [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in plan]
+
+
+def plan_from_wire(wire) -> WeightPlan:
+    """Inverse of `plan_to_wire` (msgspec may hand back lists where tuples went in)."""
+    return [[ParamMeta(str(name), tuple(int(s) for s in shape), str(dtype)) for name, shape, dtype in bucket]
+            for bucket in wire]
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -82,3 +94,26 @@ def unflatten_bucket(flat: torch.Tensor, bucket: list[ParamMeta]) -> list[tuple[
 def broadcast_from_rank0(group: dist.ProcessGroup, tensor: torch.Tensor):
     """Start broadcasting `tensor` from sync rank 0 (in place on receivers); returns the work handle to wait on."""
     return group.broadcast(tensor, 0)
+
+
+def send_buckets(group: dist.ProcessGroup, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
+    """Sync rank 0: broadcast each bucket as one flat tensor, flattening the next while one is in flight.
+    Returns the bytes sent."""
+    pending, nbytes = None, 0
+    for bucket in buckets:
+        flat = torch.cat([t.reshape(-1) for _, t in bucket])
+        if pending is not None:
+            pending.wait()
+        pending = broadcast_from_rank0(group, flat)
+        nbytes += flat.numel() * flat.element_size()
+    if pending is not None:
+        pending.wait()
+    return nbytes
+
+
+def receive_buckets(group: dist.ProcessGroup, plan: WeightPlan, device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Engines: (name, full tensor) for every parameter of `plan`, received bucket by bucket as rank 0 sends."""
+    for bucket in plan:
+        flat = torch.empty(sum(m.numel for m in bucket), dtype=torch_dtype(bucket[0].dtype), device=device)
+        broadcast_from_rank0(group, flat).wait()
+        yield from unflatten_bucket(flat, bucket)

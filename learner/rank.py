@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from common.policy import eos_token_ids, resolve_allowed_ids
+from common.policy import eos_token_ids, model_policy
 from common.records import TrainShard
-from common.sync_group import broadcast_from_rank0, create_sync_group
+from common.sync_group import create_sync_group, send_buckets
 from learner.config import GRPOConfig, LearnerConfig
 from learner.grpo import grpo_loss
 from learner.sequences import collate, response_logprobs
@@ -50,8 +50,10 @@ class LearnerRank:
     """Policy (and reference) model of one rank of the ZeRO-3 group."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, rank: int, world_size: int,
-                 master_addr: str, master_port: int, grad_accum: int, temperature: float,
+                 master_addr: str, master_port: int, grad_accum: int, sampling: dict,
                  allowed_tokens: list[str] | None = None):
+        """`sampling` (temperature, top_k, top_p) and `allowed_tokens` are the engines': with them the learner
+        computes log-probs under the very policy the engines sample from (common/policy.py)."""
         import deepspeed
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.integrations import HfDeepSpeedConfig
@@ -62,7 +64,6 @@ class LearnerRank:
         )
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
-        self.temperature = temperature
         self.grad_accum = grad_accum
         self.device = torch.device("cuda", 0) if cfg.device == "cuda" else torch.device("cpu")
         dtype = getattr(torch, cfg.dtype)
@@ -88,7 +89,7 @@ class LearnerRank:
         tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
         self.pad_id = tokenizer.pad_token_id
         eos = eos_token_ids(self.engine.module.generation_config, tokenizer)
-        self.allowed_ids = resolve_allowed_ids(tokenizer, allowed_tokens, eos)
+        self.policy = model_policy(tokenizer, self.model_config, eos, allowed_tokens, **sampling)
         self.weights = ZeroWeightSource(self.engine.module, bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
         self._sync_group = None
         self.updates = 0
@@ -115,7 +116,7 @@ class LearnerRank:
         self.engine.train()
         for epoch in range(self.grpo.ppo_epochs):
             for i, batch in enumerate(batches):
-                lp = response_logprobs(self.engine, batch, self.temperature, self.allowed_ids)
+                lp = response_logprobs(self.engine, batch, self.policy)
                 if epoch == 0:
                     # Before the first update the policy is the one that sampled: these are the old log-probs,
                     # and their gap to the engine's is the proof that weight sync happened.
@@ -126,7 +127,7 @@ class LearnerRank:
                     n_tok += float(batch.mask.sum())
                     if self.ref_engine is not None:
                         with torch.no_grad():
-                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.temperature, self.allowed_ids))
+                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.policy))
                     else:
                         ref_lp.append(None)
                 loss, stats = grpo_loss(
@@ -167,17 +168,12 @@ class LearnerRank:
     def sync_weights(self) -> dict[str, float]:
         """Gather each bucket on every rank; rank 0 broadcasts it while the next one is gathered."""
         t0 = time.perf_counter()
-        pending, nbytes = None, 0
-        for bucket in self.weights.iter_buckets():
-            if self.rank != 0 or self._sync_group is None:
-                continue
-            flat = torch.cat([t.reshape(-1) for _, t in bucket])
-            if pending is not None:
-                pending.wait()
-            pending = broadcast_from_rank0(self._sync_group, flat)
-            nbytes += flat.numel() * flat.element_size()
-        if pending is not None:
-            pending.wait()
+        nbytes = 0
+        if self.rank == 0 and self._sync_group is not None:
+            nbytes = send_buckets(self._sync_group, self.weights.iter_buckets())
+        else:
+            for _ in self.weights.iter_buckets():  # the gathers are collectives: every rank takes part
+                pass
         return {"sync/bytes": float(nbytes), "sync/rank_s": time.perf_counter() - t0}
 
     # ---- inspection and checkpoints ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.policy import token_logprobs
+from common.policy import Policy, token_logprobs
 from common.records import EncodedPrompt, TrainItem
 from common.vision import mm_token_type_ids
 
@@ -74,9 +74,8 @@ def collate(
     )
 
 
-def response_logprobs(model, batch: Collated, temperature: float,
-                      allowed_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-probs [B, T] of each next token under `model`, the same function the engine reports."""
+def response_logprobs(model, batch: Collated, policy: Policy) -> torch.Tensor:
+    """Log-probs [B, T] of each next token under `model` and `policy`, the same function the engine reports."""
     logits = model(**batch.inputs, use_cache=False).logits[:, batch.start : -1]
     targets = batch.inputs["input_ids"][:, batch.start + 1 :]
-    return token_logprobs(logits, targets, temperature, allowed_ids)
+    return token_logprobs(logits, targets, policy)

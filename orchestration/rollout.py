@@ -35,7 +35,7 @@ def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[Re
     engines = services.engines
     gen_refs = []
     for i, prompt in enumerate(prompts):
-        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + i)
+        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + i * sampling.n)
         gen_refs.append(engines[i % len(engines)].generate.remote([prompt], seeded))
     index = {ref: i for i, ref in enumerate(gen_refs)}
     score_refs: list = [None] * len(gen_refs)

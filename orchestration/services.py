@@ -41,6 +41,23 @@ def _threads(cpus: float) -> str:
     return str(max(1, int(cpus)))
 
 
+def start_engine(cfg: RunConfig, model_path: str):
+    """One engine actor of `rollout.backend`, with the threads (and, for vLLM on CPU, the KV cache) it may use."""
+    r = cfg.rollout
+    env = {"OMP_NUM_THREADS": _threads(r.cpus_per_engine), "TOKENIZERS_PARALLELISM": "false"}
+    vllm_kwargs = {}
+    if r.backend == "vllm":
+        vllm_kwargs = dict(gpu_memory_utilization=r.gpu_memory_utilization, seed=cfg.train.seed,
+                           max_model_len=cfg.model.max_prompt_tokens + r.max_new_tokens)
+        if r.device == "cpu":  # vLLM's CPU backend: KV cache size in GiB, no thread pinning on a shared machine
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
+            env["VLLM_CPU_OMP_THREADS_BIND"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    return EngineActor.options(
+        num_cpus=r.cpus_per_engine, num_gpus=1 if r.device == "cuda" else 0, runtime_env={"env_vars": env},
+    ).remote(r.backend, model_path, r.device, r.dtype, num_threads=int(_threads(r.cpus_per_engine)),
+             allowed_tokens=r.allowed_tokens, **vllm_kwargs)
+
+
 def start_services(cfg: RunConfig, model_path: str) -> Services:
     """Learner ranks (DeepSpeed ZeRO-3), engines and reward pool, with the weight-sync group joined."""
     learner_env = {"OMP_NUM_THREADS": _threads(cfg.learner.cpus_per_rank), "TOKENIZERS_PARALLELISM": "false"}
@@ -56,20 +73,11 @@ def start_services(cfg: RunConfig, model_path: str) -> Services:
     master_host, master_port = ray.get(learners[0].address.remote())
     ray.get([
         actor.setup.remote(model_path, cfg.learner, cfg.grpo, rank, cfg.learner.num_ranks, master_host, master_port,
-                           grad_accum=cfg.grad_accum, temperature=cfg.rollout.temperature,
+                           grad_accum=cfg.grad_accum, sampling=cfg.rollout.policy_sampling(),
                            allowed_tokens=cfg.rollout.allowed_tokens)
         for rank, actor in enumerate(learners)
     ])
-    engine_env = {"OMP_NUM_THREADS": _threads(cfg.rollout.cpus_per_engine), "TOKENIZERS_PARALLELISM": "false"}
-    engines = [
-        EngineActor.options(
-            num_cpus=cfg.rollout.cpus_per_engine, num_gpus=1 if cfg.rollout.device == "cuda" else 0,
-            runtime_env={"env_vars": engine_env},
-        ).remote(cfg.rollout.backend, model_path, cfg.rollout.device, cfg.rollout.dtype,
-                 num_threads=int(_threads(cfg.rollout.cpus_per_engine)), allowed_tokens=cfg.rollout.allowed_tokens,
-                 gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
-        for _ in range(cfg.rollout.num_engines)
-    ]
+    engines = [start_engine(cfg, model_path) for _ in range(cfg.rollout.num_engines)]
     rewards = RewardPool(cfg.reward)
     # One sync group: learner rank 0 is its rank 0, engine i its rank i + 1.
     sync_host, sync_port = ray.get(learners[0].address.remote())

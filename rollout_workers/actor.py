@@ -11,7 +11,7 @@ class EngineActor:
     """One generation engine. `backend` picks the implementation; both honour the same interface."""
 
     def __init__(self, backend: str, model_path: str, device: str, dtype: str, num_threads: int | None = None,
-                 allowed_tokens: list[str] | None = None, **engine_kwargs):
+                 allowed_tokens: list[str] | None = None, **vllm_kwargs):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if backend == "transformers":
             from rollout_workers.transformers_engine import TransformersEngine
@@ -21,7 +21,7 @@ class EngineActor:
         elif backend == "vllm":
             from rollout_workers.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype=dtype, allowed_tokens=allowed_tokens, **engine_kwargs)
+            self.engine = VLLMEngine(model_path, dtype=dtype, allowed_tokens=allowed_tokens, **vllm_kwargs)
         else:
             raise ValueError(f"rollout backend must be 'transformers' or 'vllm', got {backend!r}")
 

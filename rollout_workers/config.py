@@ -23,3 +23,7 @@ class RolloutConfig(BaseModel):
     )
     cpus_per_engine: float = Field(1.0, gt=0)
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM only")
+
+    def policy_sampling(self) -> dict[str, float]:
+        """The sampling settings that are part of the policy (common/policy.py): the learner needs them too."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}

@@ -1,25 +1,32 @@
 """The transformers generation engine: G samples per prompt with the log-probs of the sampled tokens.
 
-Runs anywhere (the CPU demo and tests use it) and is the fallback where vLLM is missing. Same interface and the
-same preprocessed prompts (`EncodedPrompt`) as the vLLM engine.
+Runs anywhere (the CPU demo and tests use it) and is the fallback where vLLM is missing. Same interface and the same
+preprocessed prompts (`EncodedPrompt`) as the vLLM engine, and the same policy (`common/policy.py`): it samples from
+`processed_logits` and reports the log-prob of the sampled token under it, which is what the learner recomputes.
+
+Decoding is a plain loop over the model's forward rather than `generate`, for three reasons: the policy function
+is applied exactly (no checkpoint generation defaults such as Qwen's repetition penalty slip in), each prompt is
+prefilled once and its KV cache repeated for its G answers, and only the sampled tokens' log-probs are kept.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from common.policy import eos_token_ids, resolve_allowed_ids, token_logprobs, vision_token_ids
+from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
-from common.sync_group import WeightPlan, broadcast_from_rank0, create_sync_group, torch_dtype, unflatten_bucket
+from common.sync_group import WeightPlan, create_sync_group, receive_buckets, torch_dtype
 from common.vision import mm_token_type_ids
 
 
 class TransformersEngine:
-    """A Qwen2.5-VL policy loaded with `from_pretrained`, sampling with `generate`."""
+    """A Qwen2.5-VL policy loaded with `from_pretrained`, sampling with a KV-cached decoding loop."""
 
     def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", num_threads: int | None = None,
                  allowed_tokens: list[str] | None = None):
-        from transformers import AutoProcessor, AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -30,15 +37,7 @@ class TransformersEngine:
         gen = self.model.generation_config
         self.eos_ids = eos_token_ids(gen, self.tokenizer)
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
-        cfg = self.model.config
-        # The policy must never emit vision placeholders: in the learner's forward they would be taken for
-        # image slots ("image features and image tokens do not match").
-        self.suppressed_ids = vision_token_ids(cfg)
-        # An answer vocabulary, when configured, defines the policy: sample only these, log-probs over these.
-        self.allowed_ids = resolve_allowed_ids(self.tokenizer, allowed_tokens, self.eos_ids)
-        if self.allowed_ids is not None:
-            allowed = set(self.allowed_ids.tolist())
-            self.suppressed_ids = [i for i in range(self.model.config.get_text_config().vocab_size) if i not in allowed]
+        self.policy = model_policy(self.tokenizer, self.model.config, self.eos_ids, allowed_tokens)
         self.version = 0
         self._params = dict(self.model.named_parameters())
         self._sync_group = None
@@ -46,59 +45,99 @@ class TransformersEngine:
     # ---- generation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, requests: list[EncodedPrompt], sampling: SamplingParams) -> list[list[Rollout]]:
-        """For each prompt, `sampling.n` answers; temperature 0 means greedy."""
-        return [self._generate_one(req, sampling) for req in requests]
+        """For each prompt, `sampling.n` answers (temperature 0: greedy). All prompts decode as one batch; request
+        i draws from its own generator seeded `sampling.seed + i * n`, so a prompt's answers do not depend on which
+        other prompts share the call."""
+        if not requests:
+            return []
+        policy = replace(self.policy, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        tokens, logprobs = self._decode(requests, sampling, policy)
+        groups = []
+        for i, req in enumerate(requests):
+            rows = range(i * sampling.n, (i + 1) * sampling.n)
+            groups.append([self._rollout(req, tokens[r], logprobs[r]) for r in rows])
+        return groups
 
-    def _generate_one(self, req: EncodedPrompt, sampling: SamplingParams) -> list[Rollout]:
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        ids = torch.tensor([req.prompt_token_ids], device=self.device)
-        inputs = dict(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            # torch.tensor copies: arrays from Ray's object store are read-only.
-            pixel_values=torch.tensor(req.pixel_values).to(self.device, self.model.dtype),
-            image_grid_thw=torch.tensor(req.image_grid_thw).to(self.device),
-            mm_token_type_ids=mm_token_type_ids(ids, self.model.config),
+    def _decode(self, requests: list[EncodedPrompt], sampling: SamplingParams,
+                policy: Policy) -> tuple[list[list[int]], list[list[float]]]:
+        """Prefill every prompt once (left-padded batch), repeat each KV cache G times, then sample token by token;
+        rows leave the batch when they end. Returns per row (prompt-major, G rows per prompt) ids and log-probs."""
+        from transformers import DynamicCache
+
+        B, G, dev = len(requests), sampling.n, self.device
+        L = max(len(r.prompt_token_ids) for r in requests)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((B, L), dtype=torch.long)
+        for b, r in enumerate(requests):
+            ids[b, L - len(r.prompt_token_ids):] = torch.tensor(r.prompt_token_ids)
+            attention[b, L - len(r.prompt_token_ids):] = 1
+        ids, attention = ids.to(dev), attention.to(dev)
+        types = mm_token_type_ids(ids, self.model.config)
+        # torch.tensor copies: arrays from Ray's object store are read-only.
+        grid = torch.tensor(np.concatenate([r.image_grid_thw for r in requests])).to(dev)
+        pixels = torch.tensor(np.concatenate([r.pixel_values for r in requests])).to(dev, self.model.dtype)
+        # Qwen2.5-VL's 3D positions, given explicitly so that the repeated rows need no per-batch model state.
+        positions, _ = self.model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=attention)
+        next_pos = positions.amax(dim=(0, 2)) + 1  # [B] the first answer token's position
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, pixel_values=pixels,
+                         image_grid_thw=grid, mm_token_type_ids=types, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        logits = out.logits[:, -1].repeat_interleave(G, dim=0)  # [B*G, V]
+        cache.batch_repeat_interleave(G)
+        attention = attention.repeat_interleave(G, dim=0)
+        next_pos = next_pos.repeat_interleave(G)
+
+        generators = []
+        if not policy.greedy:
+            for b in range(B):
+                g = torch.Generator(device=dev)
+                g.manual_seed(sampling.seed + b * G if sampling.seed is not None else int(torch.randint(2**62, ())))
+                generators.append(g)
+        eos = torch.tensor(sorted(self.eos_ids), device=dev)
+        rows = torch.arange(B * G, device=dev)  # original row of each live row
+        tokens: list[list[int]] = [[] for _ in range(B * G)]
+        logprobs: list[list[float]] = [[] for _ in range(B * G)]
+        for step in range(sampling.max_new_tokens):
+            z = processed_logits(logits, policy)
+            if policy.greedy:
+                tok = z.argmax(dim=-1)
+            else:
+                probs = torch.softmax(z, dim=-1)
+                tok = torch.empty(len(rows), dtype=torch.long, device=dev)
+                prompt_of_row = rows // G
+                for b in prompt_of_row.unique().tolist():
+                    sel = (prompt_of_row == b).nonzero().squeeze(1)
+                    tok[sel] = torch.multinomial(probs[sel], 1, generator=generators[b]).squeeze(1)
+            lp = torch.log_softmax(z, dim=-1).gather(1, tok[:, None]).squeeze(1)
+            for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
+                tokens[r].append(t)
+                logprobs[r].append(l)
+            live = ~torch.isin(tok, eos)
+            if step + 1 == sampling.max_new_tokens or not live.any():
+                break
+            if not live.all():  # drop finished rows from the batch and the cache
+                keep = live.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, tok, attention, next_pos = rows[keep], tok[keep], attention[keep], next_pos[keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            pos = (next_pos + step).view(1, -1, 1).expand(3, -1, 1)
+            logits = self.model(input_ids=tok[:, None], attention_mask=attention, position_ids=pos,
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+        return tokens, logprobs
+
+    def _rollout(self, req: EncodedPrompt, response: list[int], logprobs: list[float]) -> Rollout:
+        finish = "stop" if response and response[-1] in self.eos_ids else "length"
+        text_ids = response[:-1] if finish == "stop" else response
+        return Rollout(
+            sample_id=req.sample_id,
+            prompt_token_ids=list(req.prompt_token_ids),
+            response_token_ids=response,
+            response_text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
+            logprobs=logprobs,
+            policy_version=self.version,
+            finish_reason=finish,
         )
-        greedy = sampling.temperature <= 0
-        out = self.model.generate(
-            **inputs,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else sampling.top_k,
-            num_return_sequences=sampling.n,
-            max_new_tokens=sampling.max_new_tokens,
-            suppress_tokens=self.suppressed_ids,
-            eos_token_id=sorted(self.eos_ids),
-            pad_token_id=self.pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        prompt_len = ids.shape[1]
-        sequences = out.sequences[:, prompt_len:]
-        # Raw (unprocessed) logits: the log-prob of the policy itself at the sampling temperature, which is what
-        # the learner recomputes; top-p/top-k truncation is not part of it (as in TRL, veRL, OpenRLHF).
-        logits = torch.stack(out.logits, dim=1)  # [n, T, V]
-        token_lp = token_logprobs(logits, sequences, 1.0 if greedy else sampling.temperature, self.allowed_ids)
-        rollouts = []
-        for seq, lp in zip(sequences.tolist(), token_lp.tolist()):
-            end = next((i + 1 for i, t in enumerate(seq) if t in self.eos_ids), None)
-            finish = "stop" if end is not None else "length"
-            end = end if end is not None else len(seq)
-            response = seq[:end]
-            text_ids = response[:-1] if finish == "stop" else response
-            rollouts.append(Rollout(
-                sample_id=req.sample_id,
-                prompt_token_ids=list(req.prompt_token_ids),
-                response_token_ids=response,
-                response_text=self.tokenizer.decode(text_ids, skip_special_tokens=False),
-                logprobs=lp[:end],
-                policy_version=self.version,
-                finish_reason=finish,
-            ))
-        return rollouts
 
     # ---- weights ----------------------------------------------------------------------------------------------
     def policy_version(self) -> int:
@@ -112,15 +151,11 @@ class TransformersEngine:
         """Receive every bucket broadcast by learner rank 0 and load it by name; returns the new version."""
         if self._sync_group is None:
             raise RuntimeError("receive_weights called before init_weight_sync")
-        for bucket in plan:
-            flat = torch.empty(sum(m.numel for m in bucket), dtype=torch_dtype(bucket[0].dtype), device=self.device)
-            broadcast_from_rank0(self._sync_group, flat).wait()
-            self.load_weights(version, unflatten_bucket(flat, bucket), bump=False)
-        self.version = version
+        self.load_weights(version, receive_buckets(self._sync_group, plan, self.device))
         return version
 
     @torch.no_grad()
-    def load_weights(self, version: int, named_tensors, bump: bool = True) -> int:
+    def load_weights(self, version: int, named_tensors) -> int:
         """Copy full tensors into the parameters of the same name (unknown names are an error, not skipped)."""
         for name, tensor in named_tensors:
             param = self._params.get(name)
@@ -129,9 +164,8 @@ class TransformersEngine:
             if tuple(param.shape) != tuple(tensor.shape):
                 raise ValueError(f"shape mismatch for {name!r}: engine {tuple(param.shape)} vs {tuple(tensor.shape)}")
             param.copy_(tensor)
-        if bump:
-            self.version = version
-        return self.version
+        self.version = version
+        return version
 
     def state_checksums(self) -> dict[str, float]:
         """Sum of each parameter (float64): lets a test compare engine and learner weights cheaply."""
@@ -139,4 +173,3 @@ class TransformersEngine:
 
     def get_parameter(self, name: str) -> np.ndarray:
         return self._params[name].detach().float().cpu().numpy()
-

@@ -1,17 +1,23 @@
-"""The vLLM generation engine (GPU): same interface and the same preprocessed prompts as the transformers engine.
+"""The vLLM generation engine: same interface, the same preprocessed prompts and the same policy as the
+transformers engine.
 
-Weights arrive over the same torch.distributed sync group as on CPU (NCCL here): a worker extension, reached with
-`collective_rpc`, joins the group inside each vLLM worker and hands received tensors to the model's own
-`load_weights`, which maps Hugging Face names onto vLLM's fused layout. Tested only where a CUDA GPU and vLLM exist
-(tests/rollout_workers/test_vllm_engine.py); CI has neither.
+Policy (common/policy.py): vLLM runs with `logprobs_mode="processed_logprobs"`, so the log-prob it reports is taken
+after the answer-vocabulary mask (`allowed_token_ids`), the -100 `logit_bias` on suppressed ids, the temperature and
+top-k/top-p, exactly the steps `processed_logits` applies in the learner.
+
+Weights arrive over the learner's sync group (gloo on CPU, NCCL on GPU): a worker extension, reached with
+`collective_rpc`, joins the group inside each vLLM worker and streams the received buckets into vLLM's in-place
+reload (`reload_weights(weights_iterator=..., is_checkpoint_format=True)`), which maps Hugging Face names onto
+vLLM's fused and repacked layout; `model.load_weights` alone fails where vLLM repacks weights (its CPU kernels).
+Only plain lists cross `collective_rpc` (msgspec). After every update the prefix, encoder and multimodal caches are
+reset: KV blocks and vision embeddings computed with the old weights must not be reused.
 """
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image
 
 from common.records import EncodedPrompt, Rollout, SamplingParams
-from common.sync_group import WeightPlan
+from common.sync_group import WeightPlan, plan_to_wire
 
 WORKER_EXTENSION = "rollout_workers.vllm_engine.WeightSyncExtension"
 
@@ -22,14 +28,16 @@ class VLLMEngine:
         from transformers import AutoConfig, GenerationConfig
         from vllm import LLM
 
-        from common.policy import eos_token_ids, resolve_allowed_ids, vision_token_ids
+        from common.policy import eos_token_ids, model_policy
 
         self.llm = LLM(
             model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
             max_model_len=max_model_len, enable_prefix_caching=True, worker_extension_cls=WORKER_EXTENSION,
-            limit_mm_per_prompt={"image": 1},
-            # Log-probs after temperature and the allowed-token mask: the policy the learner recomputes.
+            limit_mm_per_prompt={"image": 1, "video": 0},
             logprobs_mode="processed_logprobs",
+            # Sampling is ours alone: no defaults from the checkpoint's generation_config (Qwen's repetition
+            # penalty, top_k=1 ...) may change the policy behind the learner's back.
+            generation_config="vllm",
         )
         self.tokenizer = self.llm.get_tokenizer()
         cfg = AutoConfig.from_pretrained(model_path)
@@ -38,22 +46,27 @@ class VLLMEngine:
         except OSError:  # a checkpoint without generation_config.json
             generation = GenerationConfig.from_model_config(cfg)
         self.eos_ids = eos_token_ids(generation, self.tokenizer)
-        # Never sample vision placeholders: a large negative bias removes them.
-        self.suppressed = {i: -100.0 for i in vision_token_ids(cfg)}
-        allowed = resolve_allowed_ids(self.tokenizer, allowed_tokens, self.eos_ids)
-        self.allowed_ids = None if allowed is None else allowed.tolist()
+        self.policy = model_policy(self.tokenizer, cfg, self.eos_ids, allowed_tokens)
         self.version = 0
 
-    def generate(self, requests: list[EncodedPrompt], sampling: SamplingParams) -> list[list[Rollout]]:
+    def _sampling_params(self, sampling: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VSampling
 
         greedy = sampling.temperature <= 0
-        params = VSampling(
+        return VSampling(
             n=sampling.n, temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p, top_k=-1 if greedy or sampling.top_k == 0 else sampling.top_k,
-            max_tokens=sampling.max_new_tokens, seed=sampling.seed, logprobs=0, logit_bias=self.suppressed,
-            skip_special_tokens=False, allowed_token_ids=self.allowed_ids,
+            top_p=1.0 if greedy else sampling.top_p, top_k=0 if greedy else sampling.top_k,
+            max_tokens=sampling.max_new_tokens, seed=seed, logprobs=0,
+            logit_bias={i: -100.0 for i in self.policy.suppressed_ids} or None,
+            allowed_token_ids=list(self.policy.allowed_ids) if self.policy.allowed_ids else None,
+            stop_token_ids=sorted(self.eos_ids), skip_special_tokens=False,
         )
+
+    def generate(self, requests: list[EncodedPrompt], sampling: SamplingParams) -> list[list[Rollout]]:
+        """For each prompt, `sampling.n` answers; request i is seeded `sampling.seed + i * n` (vLLM gives its
+        j-th answer seed + j)."""
+        params = [self._sampling_params(sampling, None if sampling.seed is None else sampling.seed + i * sampling.n)
+                  for i in range(len(requests))]
         # vLLM expands the image placeholder itself: the prompt text keeps one per image.
         inputs = [{"prompt": r.prompt_text, "multi_modal_data": {"image": Image.fromarray(r.image)}}
                   for r in requests]
@@ -64,8 +77,8 @@ class VLLMEngine:
             for c in out.outputs:
                 ids = list(c.token_ids)
                 lps = [float(step[t].logprob) for step, t in zip(c.logprobs, ids)]
-                finish = "stop" if c.finish_reason == "stop" else "length"
-                text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self.eos_ids else ids
+                finish = "stop" if ids and ids[-1] in self.eos_ids else "length"
+                text_ids = ids[:-1] if finish == "stop" else ids
                 group.append(Rollout(req.sample_id, list(req.prompt_token_ids), ids,
                                      self.tokenizer.decode(text_ids, skip_special_tokens=False), lps, self.version,
                                      finish))
@@ -76,44 +89,42 @@ class VLLMEngine:
         return self.version
 
     def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
-        """Join the sync group; with tensor parallelism each worker takes its own rank after `rank`."""
+        """Join the sync group as `rank` (one vLLM worker per engine; tensor parallelism is not supported yet)."""
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size != 1:
+            raise NotImplementedError("weight sync into a tensor/pipeline-parallel vLLM engine is not implemented")
         self.llm.collective_rpc("init_weight_sync", args=(backend, host, port, rank, world_size))
 
     def receive_weights(self, version: int, plan: WeightPlan) -> int:
-        self.llm.collective_rpc("receive_weights", args=(plan,))
-        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+        self.llm.collective_rpc("receive_weights", args=(plan_to_wire(plan),))
+        self.llm.reset_prefix_cache()  # KV blocks computed with the old weights
+        self.llm.llm_engine.reset_encoder_cache()  # vision embeddings computed with the old weights
+        self.llm.reset_mm_cache()  # keeps the front end's and the workers' multimodal caches in step
         self.version = version
         return version
 
     def state_checksums(self) -> dict[str, float]:
-        return self.llm.collective_rpc("state_checksums")[0]
+        raise NotImplementedError("vLLM repacks weights (sums read 0 on CPU): verify a sync by log-probs instead")
 
-    def get_parameter(self, name: str) -> np.ndarray:
-        return self.llm.collective_rpc("get_parameter", args=(name,))[0]
+    def get_parameter(self, name: str):
+        raise NotImplementedError("vLLM repacks weights: verify a sync by log-probs instead")
 
 
 class WeightSyncExtension:
-    """Mixed into each vLLM worker (`worker_extension_cls`); `self.model_runner` is the worker's."""
+    """Mixed into each vLLM worker (`worker_extension_cls`); `self` is the worker (`self.device`,
+    `self.reload_weights`)."""
 
     def init_weight_sync(self, backend, host, port, rank, world_size):
         from common.sync_group import create_sync_group
 
         self._sync_group = create_sync_group(backend, host, port, rank, world_size)
 
-    def receive_weights(self, plan):
+    def receive_weights(self, wire_plan):
         import torch
 
-        from common.sync_group import broadcast_from_rank0, torch_dtype, unflatten_bucket
+        from common.sync_group import plan_from_wire, receive_buckets
 
-        model = self.model_runner.model
-        for bucket in plan:
-            flat = torch.empty(sum(m.numel for m in bucket), dtype=torch_dtype(bucket[0].dtype), device="cuda")
-            broadcast_from_rank0(self._sync_group, flat).wait()
-            model.load_weights(weights=unflatten_bucket(flat, bucket))
-        torch.cuda.synchronize()
-
-    def state_checksums(self):
-        return {n: float(p.detach().double().sum()) for n, p in self.model_runner.model.named_parameters()}
-
-    def get_parameter(self, name):
-        return dict(self.model_runner.model.named_parameters())[name].detach().float().cpu().numpy()
+        plan = plan_from_wire(wire_plan)
+        self.reload_weights(weights_iterator=receive_buckets(self._sync_group, plan, self.device),
+                            is_checkpoint_format=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,10 +1,13 @@
 """The transformers engine: G samples per prompt, log-probs that a full forward reproduces, weights by name."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor
 
+from common.policy import processed_logits, token_logprobs, truncation_mask
 from common.records import SamplingParams
 from common.vision import encode_prompt
 from orchestration.tiny_model import write_tiny_qwen25vl
@@ -21,25 +24,61 @@ def setup(tmp_path_factory):
     return TransformersEngine(str(path)), processor, prompt
 
 
-def test_group_of_samples_with_consistent_logprobs(setup):
+PAPER = dict(temperature=1.0, top_k=50, top_p=0.9)  # SPEC's sampling; the tiny vocabulary is ~130 tokens
+
+
+def _forward_logits(engine, prompt, response_ids):
+    """Next-token logits over prompt + response, from one plain forward (no cache, no batching)."""
+    ids = torch.tensor([prompt.prompt_token_ids + response_ids])
+    with torch.no_grad():
+        return engine.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            pixel_values=torch.from_numpy(prompt.pixel_values),
+                            image_grid_thw=torch.from_numpy(prompt.image_grid_thw),
+                            mm_token_type_ids=mm_token_type_ids(ids, engine.model.config)).logits[0]
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0, top_k=0, top_p=1.0), PAPER,
+                                      dict(temperature=0.7, top_k=5, top_p=0.8)])
+def test_group_logprobs_are_the_policy_of_a_full_forward(setup, sampling):
+    """The engine reports log pi(token) under the policy it sampled from (temperature, top-k, top-p, suppressed
+    ids): a plain forward over prompt + answer and `token_logprobs` give the same numbers."""
     engine, processor, prompt = setup
-    [group] = engine.generate([prompt], SamplingParams(n=6, max_new_tokens=5, seed=3, top_k=0, top_p=1.0))
+    [group] = engine.generate([prompt], SamplingParams(n=6, max_new_tokens=5, seed=3, **sampling))
+    policy = replace(engine.policy, **sampling)
     assert len(group) == 6
-    suppressed = set(engine.suppressed_ids)
+    suppressed = set(engine.policy.suppressed_ids)
+    assert {processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")} <= suppressed
     for r in group:
         assert 1 <= len(r.response_token_ids) <= 5 and len(r.logprobs) == len(r.response_token_ids)
         assert not suppressed & set(r.response_token_ids), "vision placeholders must never be sampled"
         assert (r.finish_reason == "stop") == (r.response_token_ids[-1] in engine.eos_ids)
-        # A full forward over prompt + response gives the same per-token log-probs as sampling did.
-        ids = torch.tensor([r.prompt_token_ids + r.response_token_ids])
-        with torch.no_grad():
-            logits = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                  pixel_values=torch.from_numpy(prompt.pixel_values),
-                                  image_grid_thw=torch.from_numpy(prompt.image_grid_thw),
-                                  mm_token_type_ids=mm_token_type_ids(ids, engine.model.config)).logits
         p = len(r.prompt_token_ids)
-        lp = torch.log_softmax(logits[0, p - 1 : -1], -1).gather(1, ids[0, p:, None]).squeeze(1)
-        np.testing.assert_allclose(lp.numpy(), r.logprobs, atol=1e-4)
+        logits = _forward_logits(engine, prompt, r.response_token_ids)[p - 1 : -1]
+        lp = token_logprobs(logits, torch.tensor(r.response_token_ids), policy)
+        np.testing.assert_allclose(lp.numpy(), r.logprobs, atol=1e-5)
+        if policy.truncates:  # every sampled token lies inside the top-k / nucleus set of its position
+            kept = ~truncation_mask(processed_logits(logits, replace(policy, top_k=0, top_p=1.0)),
+                                    policy.top_k, policy.top_p)
+            assert kept[torch.arange(len(r.response_token_ids)), torch.tensor(r.response_token_ids)].all()
+
+
+def test_batched_prompts_give_the_answers_of_single_calls(setup):
+    """Prefill-once batching changes nothing a prompt sees: with the seed convention (request i uses
+    seed + i * n) a batch of prompts of different lengths gives each prompt the answers and log-probs it gets
+    alone."""
+    engine, processor, prompt = setup
+    other = encode_prompt(processor, "s1", Image.new("RGB", (112, 56), (10, 10, 200)), "What colour is the shape of this image?",
+                          min_pixels=3136, max_pixels=12544, max_prompt_tokens=256)
+    assert len(other.prompt_token_ids) != len(prompt.prompt_token_ids)
+    n = 4
+    together = engine.generate([prompt, other], SamplingParams(n=n, max_new_tokens=6, seed=11, **PAPER))
+    alone = [engine.generate([prompt], SamplingParams(n=n, max_new_tokens=6, seed=11, **PAPER))[0],
+             engine.generate([other], SamplingParams(n=n, max_new_tokens=6, seed=11 + n, **PAPER))[0]]
+    for batch_group, single_group in zip(together, alone):
+        assert [r.response_token_ids for r in batch_group] == [r.response_token_ids for r in single_group]
+        for a, b in zip(batch_group, single_group):
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+            assert a.sample_id == b.sample_id and a.prompt_token_ids == b.prompt_token_ids
 
 
 def test_seeded_sampling_is_reproducible_and_greedy_is_deterministic(setup):
@@ -67,14 +106,13 @@ def test_load_weights_by_name_and_reject_unknown(setup):
 def test_answer_vocabulary_defines_the_policy(setup, tmp_path):
     """With allowed tokens the engine samples only those (and end of turn), its log-probs are over them alone,
     and the learner's recomputation with the same function agrees."""
-    from common.policy import token_logprobs
     from learner.sequences import collate, response_logprobs
     from common.records import TrainItem
 
     base, processor, prompt = setup
     path = base.model.name_or_path
     engine = TransformersEngine(path, allowed_tokens=["red", "green", "blue", "yellow"])
-    allowed = set(engine.allowed_ids.tolist())
+    allowed = set(engine.policy.allowed_ids)
     assert allowed == {processor.tokenizer.convert_tokens_to_ids(t)
                        for t in ["red", "green", "blue", "yellow"]} | engine.eos_ids
     [group] = engine.generate([prompt], SamplingParams(n=16, max_new_tokens=3, seed=0, top_k=0, top_p=1.0))
@@ -86,12 +124,13 @@ def test_answer_vocabulary_defines_the_policy(setup, tmp_path):
                               pixel_values=torch.from_numpy(prompt.pixel_values),
                               image_grid_thw=torch.from_numpy(prompt.image_grid_thw),
                               mm_token_type_ids=mm_token_type_ids(ids, engine.model.config)).logits[0, -1]
-    lp = token_logprobs(logits.expand(len(allowed), -1), engine.allowed_ids, 1.0, engine.allowed_ids)
+    ids_allowed = torch.tensor(engine.policy.allowed_ids)
+    lp = token_logprobs(logits.expand(len(allowed), -1), ids_allowed, replace(engine.policy, top_k=0, top_p=1.0))
     assert abs(float(lp.exp().sum()) - 1.0) < 1e-5
     items = [TrainItem("s0", r.prompt_token_ids, r.response_token_ids, r.logprobs, 0.0) for r in group]
     batch = collate(items, {"s0": prompt}, engine.model.config, engine.pad_id, "cpu", torch.float32)
     with torch.no_grad():
-        learner_lp = response_logprobs(engine.model, batch, 1.0, engine.allowed_ids)
+        learner_lp = response_logprobs(engine.model, batch, replace(engine.policy, top_k=0, top_p=1.0))
     assert float(((learner_lp - batch.engine_logprobs).abs() * batch.mask).max()) < 1e-5
 
 
