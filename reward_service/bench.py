@@ -12,7 +12,7 @@ import time
 from scipy.optimize import linear_sum_assignment
 
 from reward_service.boxes import parse_boxes, to_answer_space
-from reward_service.counting import counting_reward, points_to_answer_space
+from reward_service.counting import DEFAULT_MAX_ITEMS, counting_reward, points_to_answer_space
 from reward_service.detection import detection_reward
 from reward_service.detection_reference import detection_reward_reference
 from reward_service.grounding import grounding_reward, predicted_box
@@ -37,17 +37,17 @@ def grounding_baseline(answer, gt, *, convention, scale, orig_size, iou_power=2.
     return {"format": 1.0, "iou": iou, "answer": iou ** iou_power, "total": 1.0 + iou ** iou_power}
 
 
-def counting_baseline(answer, gt_points, *, convention, scale, orig_size, resized_size):
+def counting_baseline(answer, gt_points, *, convention, scale, orig_size, resized_size, max_items=DEFAULT_MAX_ITEMS):
     boxes = parse_boxes(answer, convention)
     if not boxes or any(b is None for b in boxes):
         return {"format": 0.0, "answer": 0.0, "count_error": float(len(gt_points)), "total": 0.0}
-    pred = [((b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2) for b in boxes]
+    pred = [((b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2) for b in boxes[:max_items]]
     gt = points_to_answer_space(gt_points, convention, scale, orig_size).tolist()
     dist = [[math.sqrt((p[0] - g[0]) * (p[0] - g[0]) + (p[1] - g[1]) * (p[1] - g[1])) for g in gt] for p in pred]
     rows, cols = linear_sum_assignment(dist)
     mean = sum(dist[r][c] for r, c in zip(rows, cols)) / len(rows)
     diag = math.hypot(*resized_size)
-    n, m = len(pred), len(gt)
+    n, m = len(boxes), len(gt)
     ans = min(n, m) / max(n, m) * max(0.0, 1.0 - mean / diag)
     return {"format": 1.0, "answer": ans, "count_error": float(abs(n - m)), "total": 1.0 + ans}
 
@@ -63,7 +63,7 @@ def levenshtein(a: str, b: str) -> int:
 
 
 def ocr_baseline(answer, gt):
-    pred = clean_text(answer)
+    pred, gt = clean_text(answer), clean_text(gt)
     longest = max(len(pred), len(gt))
     sim = 1.0 if longest == 0 else 1.0 - levenshtein(pred, gt) / longest
     return {"answer": sim, "total": sim}
@@ -144,6 +144,40 @@ def run(n: int = 400) -> list[dict]:
     return rows
 
 
+def worst_cases() -> list[tuple[str, str, float]]:
+    """The slowest answers that fit under the parse limit (MAX_ANSWER_CHARS, far more than any configured
+    max_new_tokens can produce), against as much ground truth as a real image carries and more."""
+    from reward_service.boxes import MAX_ANSWER_CHARS
+
+    def flood(make_item, limit=MAX_ANSWER_CHARS - 2):
+        items, size = [], 0
+        while True:
+            item = json.dumps(make_item(len(items)), separators=(",", ":"))
+            if size + len(item) + 1 > limit:
+                return "[" + ",".join(items) + "]", len(items)
+            items.append(item)
+            size += len(item) + 1
+
+    box = lambda i: [i % 9, i // 9 % 9, i % 9 + 1, i // 9 % 9 + 1]  # noqa: E731
+    points = [[i % 640, (i * 7) % 480] for i in range(2000)]
+    gt_boxes = [[x, y, x + 20, y + 20] for x, y in ((i % 40 * 30, i // 40 * 30) for i in range(1000))]
+    counting, n_count = flood(box)
+    detection, n_det = flood(lambda i: {"bbox_2d": box(i), "label": CATS[i % 80]})
+    page = " ".join(["perception"] * 2000)
+    cases = [
+        ("grounding", f"{n_count:,} boxes (not one box)",
+         lambda: grounding_reward(counting, [0, 0, 10, 10], convention="qwen25vl", **GEO)),
+        ("counting", f"{n_count:,} boxes vs 2,000 points",
+         lambda: counting_reward(counting, points, convention="qwen25vl", resized_size=RESIZED, **GEO)),
+        ("ocr", f"{MAX_ANSWER_CHARS:,} chars vs a {len(page):,}-char page",
+         lambda: ocr_reward("x" * MAX_ANSWER_CHARS, page)),
+        ("detection", f"{n_det:,} boxes vs 1,000 objects",
+         lambda: detection_reward(detection, gt_boxes, [CATS[i % 80] for i in range(1000)], CATS,
+                                  convention="qwen25vl", resized_size=RESIZED, **GEO)),
+    ]
+    return [(task, what, _time(fn, 3)[0]) for task, what, fn in cases]
+
+
 def main() -> int:
     rows = run()
     print(f"{'reward':<14}{'answers':>8}{'samples/s':>12}{'baseline/s':>12}{'ratio':>10}{'mean reward':>13}")
@@ -151,6 +185,10 @@ def main() -> int:
         print(f"{r['task']:<14}{r['answers']:>8}{r['samples_per_s']:>12.0f}{r['baseline_samples_per_s']:>12.0f}"
               f"{r['speedup']:>9.2f}x{r['mean_reward']:>13.3f}")
     print("baseline: the same formula in plain per-sample Python, same answers, same run; values identical")
+    print(f"\n{'worst case':<14}{'answer':<42}{'seconds':>9}")
+    for task, what, seconds in worst_cases():
+        print(f"{task:<14}{what:<42}{seconds:>9.3f}")
+    print("worst case: the slowest answer under the 200k-character parse limit; each must score in under 1 s")
     return 0
 
 

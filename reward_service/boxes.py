@@ -17,7 +17,8 @@ MAX_ANSWER_CHARS = 200_000  # longer answers are not parsed at all (no reward ac
 # No image is 100k pixels wide; beyond this a coordinate is nonsense, and squared distances would overflow to inf.
 MAX_COORDINATE = 1e5
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+# A ```json fence, closed or not: the released code strips an opening fence without a closing one too.
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*(?:```)?\s*$", re.S)
 _QWEN2VL_BOX = re.compile(
     r"(?:<\|object_ref_start\|>([^<]{0,200})<\|object_ref_end\|>)?"
     r"<\|box_start\|>\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)<\|box_end\|>"
@@ -55,6 +56,8 @@ def strip_answer(text: str) -> str | None:
 
 def _number(x) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    if isinstance(x, int) and abs(x) > MAX_COORDINATE:  # float() of a 309-digit JSON integer overflows
         return None
     x = float(x)
     return x if math.isfinite(x) and abs(x) <= MAX_COORDINATE else None

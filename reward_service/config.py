@@ -17,6 +17,10 @@ class RewardOptions(BaseModel):
     size_weights: bool = Field(False, description="detection IoU term weighted 3/2/1 for small/medium/large")
     missing_penalty: bool = Field(True, description="detection -0.5 * (fp_rate + fn_rate), paper Table 6")
     categories: list[str] | None = Field(None, description="detection label set (else the sample's own list)")
+    max_items: int = Field(
+        256, ge=1, description="boxes matched per answer (counting, detection); items beyond it still count as "
+                               "predictions (count ratio, precision, false-positive penalty) but are not matched, "
+                               "which bounds the Hungarian matching's cost")
 
 
 class RewardConfig(BaseModel):

@@ -3,7 +3,8 @@
 Gate: the answer must be one or more boxes in the convention, else the reward is 0. Predicted points are box centres,
 matched to the true points by the Hungarian algorithm on L2 distance (pairs = min(N, M)).
 answer = min(N, M) / max(N, M) * (1 - mean matched distance / D), D the answer space's diagonal. total = format +
-answer, in [0, 2].
+answer, in [0, 2]. Only the first `max_items` boxes are matched (N still counts every box), which bounds the cost of
+an answer listing thousands of boxes; no real image holds that many objects.
 """
 from __future__ import annotations
 
@@ -28,13 +29,17 @@ def points_to_answer_space(points, convention: str, scale, orig_size) -> np.ndar
     return pts / np.asarray(orig_size, dtype=np.float64) * 1000.0
 
 
-def counting_reward(answer: str, gt_points, *, convention: str, scale, orig_size, resized_size) -> dict[str, float]:
+DEFAULT_MAX_ITEMS = 256
+
+
+def counting_reward(answer: str, gt_points, *, convention: str, scale, orig_size, resized_size,
+                    max_items: int = DEFAULT_MAX_ITEMS) -> dict[str, float]:
     boxes = parse_boxes(answer, convention)
     if not boxes or any(b is None for b in boxes):
         return {"format": 0.0, "answer": 0.0, "count_error": float(len(gt_points)), "total": 0.0}
-    pred = np.array([[(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2] for b in boxes], dtype=np.float64)
+    pred = np.array([[(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2] for b in boxes[:max_items]], dtype=np.float64)
     gt = points_to_answer_space(gt_points, convention, scale, orig_size)
-    n, m = len(pred), len(gt)
+    n, m = len(boxes), len(gt)
     if m == 0:
         return {"format": 1.0, "answer": 0.0, "count_error": float(n), "total": 1.0}
     dist = np.linalg.norm(pred[:, None, :] - gt[None, :, :], axis=-1)

@@ -13,7 +13,9 @@
    for small/medium/large ground truth, a weighted mean, not the released division by the IoU sum).
 6. - 0.5 * (fp_rate + fn_rate) with fp_rate = (pred - kept) / pred, fn_rate = (gt - kept) / gt (paper Table 6;
    the released script has it off). Total clamped to [0, 3].
-An image without objects answered with `[]` scores 3.0.
+An image without objects answered with `[]` scores 3.0. Only the first `max_items` valid boxes take part in the
+matching; the rest still count as predictions (in precision and fp_rate), so listing thousands of boxes costs
+reward, and scoring time stays bounded.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from reward_service.boxes import Box, giou_matrix, iou_matrix, parse_boxes, to_answer_space, to_original_space
 
 MAX_REWARD = 3.0
+DEFAULT_MAX_ITEMS = 256
 SMALL, MEDIUM = 32**2, 96**2
 
 
@@ -66,12 +69,14 @@ def format_stage(answer: str, num_gt: int, categories, convention: str) -> tuple
 
 def detection_reward(answer: str, gt_boxes, gt_labels, categories, *, convention: str, scale, orig_size,
                      resized_size, l1_normalized: bool = False, size_weights: bool = False,
-                     missing_penalty: bool = True) -> dict[str, float]:
+                     missing_penalty: bool = True, max_items: int = DEFAULT_MAX_ITEMS) -> dict[str, float]:
     """Components format, number, label, iou, penalty and total; ground truth boxes are xyxy original pixels."""
     out, valid = format_stage(answer, len(gt_boxes), categories, convention)
     if not valid or len(gt_boxes) == 0:
         return out
     fmt = out["format"]
+    n_pred = len(valid)  # every valid prediction counts; only the first max_items are matched
+    valid = valid[:max_items]
     pred = np.array([b.as_list() for b in valid], dtype=np.float64)
     gt = np.array([to_answer_space(b, convention, scale, orig_size) for b in gt_boxes], dtype=np.float64)
     pcx, pcy, pw, ph = _cxcywh(pred)
@@ -91,8 +96,8 @@ def detection_reward(answer: str, gt_boxes, gt_labels, categories, *, convention
     if kept == 0:
         return out
     rows, cols, ious = rows[keep], cols[keep], ious[keep]
-    p, g = len(valid), len(gt_boxes)
-    precision, recall = kept / p, kept / g
+    g = len(gt_boxes)
+    precision, recall = kept / n_pred, kept / g
     number = 0.75 * (2 * precision * recall / (precision + recall))
     label = float(same[rows, cols].mean())
     # math.fsum: exact, so the value does not depend on summation order (the reference agrees to the last bit).
@@ -102,7 +107,7 @@ def detection_reward(answer: str, gt_boxes, gt_labels, categories, *, convention
         iou = math.fsum(w * i for w, i in zip(weights, ious.tolist())) / math.fsum(weights)
     else:
         iou = math.fsum(ious.tolist()) / kept
-    penalty = 0.5 * ((p - kept) / p + (g - kept) / g) if missing_penalty else 0.0
+    penalty = 0.5 * ((n_pred - kept) / n_pred + (g - kept) / g) if missing_penalty else 0.0
     total = min(MAX_REWARD, max(0.0, 0.25 * fmt + number + label + iou - penalty))
     return {"format": fmt, "number": number, "label": label, "iou": iou, "penalty": penalty, "total": total}
 

@@ -10,7 +10,7 @@ import math
 from scipy.optimize import linear_sum_assignment
 
 from reward_service.boxes import box_iou, to_answer_space
-from reward_service.detection import MAX_REWARD, format_stage, size_weight
+from reward_service.detection import DEFAULT_MAX_ITEMS, MAX_REWARD, format_stage, size_weight
 
 
 def _giou(a, b) -> float:
@@ -25,11 +25,14 @@ def _giou(a, b) -> float:
 
 
 def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, convention, scale, orig_size,
-                               resized_size, l1_normalized=False, size_weights=False, missing_penalty=True):
+                               resized_size, l1_normalized=False, size_weights=False, missing_penalty=True,
+                               max_items=DEFAULT_MAX_ITEMS):
     out, valid = format_stage(answer, len(gt_boxes), categories, convention)  # parsing is shared
     if not valid or len(gt_boxes) == 0:
         return out
     fmt = out["format"]
+    n_pred = len(valid)  # every valid prediction counts; only the first max_items are matched
+    valid = valid[:max_items]
     gts = [to_answer_space(b, convention, scale, orig_size) for b in gt_boxes]
     if convention == "qwen2vl":
         w, h = 1000.0, 1000.0
@@ -58,8 +61,8 @@ def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, conve
             kept.append((r, c, iou))
     if not kept:
         return out
-    p, g, k = len(valid), len(gt_boxes), len(kept)
-    precision, recall = k / p, k / g
+    g, k = len(gt_boxes), len(kept)
+    precision, recall = k / n_pred, k / g
     number = 0.75 * (2 * precision * recall / (precision + recall))
     label = sum(1.0 if valid[r].label == gt_labels[c] else 0.0 for r, c, _ in kept) / k
     if size_weights:
@@ -67,6 +70,6 @@ def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, conve
         iou = math.fsum(wt * i for wt, (_, _, i) in zip(ws, kept)) / math.fsum(ws)
     else:
         iou = math.fsum(i for _, _, i in kept) / k
-    penalty = 0.5 * ((p - k) / p + (g - k) / g) if missing_penalty else 0.0
+    penalty = 0.5 * ((n_pred - k) / n_pred + (g - k) / g) if missing_penalty else 0.0
     total = min(MAX_REWARD, max(0.0, 0.25 * fmt + number + label + iou - penalty))
     return {"format": fmt, "number": number, "label": label, "iou": iou, "penalty": penalty, "total": total}

@@ -10,6 +10,7 @@ from reward_service.boxes import END_TOKENS, MAX_ANSWER_CHARS
 
 
 def clean_text(answer: str) -> str:
+    """End-of-turn tokens and edge white space removed: applied to answer and ground truth alike."""
     text = answer[:MAX_ANSWER_CHARS]
     for tok in END_TOKENS:
         text = text.replace(tok, "")
@@ -17,7 +18,7 @@ def clean_text(answer: str) -> str:
 
 
 def ocr_reward(answer: str, gt: str) -> dict[str, float]:
-    pred = clean_text(answer)
+    pred, gt = clean_text(answer), clean_text(gt)
     # normalized_similarity = 1 - distance / max(len(a), len(b)), and 1.0 for two empty strings.
     sim = float(Levenshtein.normalized_similarity(pred, gt))
     return {"answer": sim, "total": sim}
@@ -27,7 +28,7 @@ def ocr_metrics(preds: list[str], gts: list[str]) -> dict[str, float]:
     """Normalised edit distance (lower is better), token-level precision/recall/F1 (bag of words), corpus BLEU."""
     import sacrebleu
 
-    preds = [clean_text(p) for p in preds]
+    preds, gts = [clean_text(p) for p in preds], [clean_text(g) for g in gts]
     ned = [float(Levenshtein.normalized_distance(p, g)) for p, g in zip(preds, gts, strict=True)]
     precision, recall, f1 = [], [], []
     for p, g in zip(preds, gts):

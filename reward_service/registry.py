@@ -28,12 +28,13 @@ REWARDS: dict[str, RewardFn] = {
     "grounding": lambda answer, ctx, opts: grounding_reward(
         answer, ctx.solution["box"], iou_power=opts.iou_power, **_geometry(ctx, opts)),
     "counting": lambda answer, ctx, opts: counting_reward(
-        answer, ctx.solution["points"], resized_size=ctx.resized_size, **_geometry(ctx, opts)),
+        answer, ctx.solution["points"], resized_size=ctx.resized_size, max_items=opts.max_items,
+        **_geometry(ctx, opts)),
     "ocr": lambda answer, ctx, opts: ocr_reward(answer, ctx.solution["text"]),
     "detection": lambda answer, ctx, opts: detection_reward(
         answer, ctx.solution["boxes"], ctx.solution["labels"], opts.categories or ctx.solution["categories"],
         resized_size=ctx.resized_size, l1_normalized=opts.l1_normalized, size_weights=opts.size_weights,
-        missing_penalty=opts.missing_penalty, **_geometry(ctx, opts)),
+        missing_penalty=opts.missing_penalty, max_items=opts.max_items, **_geometry(ctx, opts)),
 }
 
 

