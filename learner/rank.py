@@ -62,6 +62,13 @@ class LearnerRank:
             RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
             LOCAL_RANK="0" if cfg.device == "cuda" else str(rank),  # Ray gives each GPU rank its own device 0
         )
+        if cfg.device == "cpu":
+            # On CPU DeepSpeed JIT-compiles a shared-memory all-reduce when it initialises (~90 s on a fresh machine,
+            # and a run killed mid-build leaves a file lock that blocks every later build forever). Only
+            # DeepSpeed-inference's all_reduce uses it; ZeRO training communicates through torch.distributed.
+            import deepspeed.comm.torch as ds_comm_torch
+
+            ds_comm_torch.build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
         self.grad_accum = grad_accum

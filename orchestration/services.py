@@ -104,6 +104,9 @@ def sync_weights(services: Services, version: int) -> dict[str, float]:
 
 
 def shutdown(services: Services | None) -> None:
-    if services is not None:
-        for actor in services.engines + services.learners + services.rewards.actors:
-            ray.kill(actor)
+    """Stop the engines cleanly (vLLM's engine-core process too), then end every actor."""
+    if services is None:
+        return
+    ray.wait([e.shutdown.remote() for e in services.engines], num_returns=len(services.engines), timeout=30)
+    for actor in services.engines + services.learners + services.rewards.actors:
+        ray.kill(actor)

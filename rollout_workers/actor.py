@@ -37,6 +37,9 @@ class EngineActor:
     def receive_weights(self, version: int, plan) -> int:
         return self.engine.receive_weights(version, plan)
 
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
     def state_checksums(self) -> dict[str, float]:
         return self.engine.state_checksums()
 

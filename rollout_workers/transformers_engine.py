@@ -167,6 +167,9 @@ class TransformersEngine:
         self.version = version
         return version
 
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process."""
+
     def state_checksums(self) -> dict[str, float]:
         """Sum of each parameter (float64): lets a test compare engine and learner weights cheaply."""
         return {n: float(p.detach().double().sum()) for n, p in self._params.items()}

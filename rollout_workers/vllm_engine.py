@@ -102,6 +102,10 @@ class VLLMEngine:
         self.version = version
         return version
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def state_checksums(self) -> dict[str, float]:
         raise NotImplementedError("vLLM repacks weights (sums read 0 on CPU): verify a sync by log-probs instead")
 

@@ -42,7 +42,8 @@ def engine_setup(tmp_path_factory):
                for i, (size, colour) in enumerate([((56, 56), (200, 10, 10)), ((112, 84), (10, 200, 10))])]
     engine = VLLMEngine(path, dtype="float32", gpu_memory_utilization=0.2, max_model_len=512)
     reference = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-    return engine, reference, prompts
+    yield engine, reference, prompts
+    engine.shutdown()
 
 
 def _reference_logprobs(model, prompt, response, policy):
