@@ -4,6 +4,7 @@ A plain object (the Ray actor in `learner/actor.py` is a thin shell), so it can 
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import time
@@ -66,9 +67,8 @@ class LearnerRank:
             # On CPU DeepSpeed JIT-compiles a shared-memory all-reduce when it initialises (~90 s on a fresh machine,
             # and a run killed mid-build leaves a file lock that blocks every later build forever). Only
             # DeepSpeed-inference's all_reduce uses it; ZeRO training communicates through torch.distributed.
-            import deepspeed.comm.torch as ds_comm_torch
-
-            ds_comm_torch.build_shm_op = lambda: None
+            # (importlib: `import deepspeed.comm.torch as m` would bind torch itself, re-exported by deepspeed.comm)
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
         self.grad_accum = grad_accum

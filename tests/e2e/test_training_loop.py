@@ -73,6 +73,7 @@ def run_sync_steps(cfg, model_path, exact_weights: bool) -> None:
             assert {s.rollout.policy_version for g in groups for s in g} == {version - 1}
             assert all(len(g) == cfg.grpo.group_size for g in groups)
             assert diff < 1e-4, f"engine and learner disagree on log-probs right after a sync: {diff}"
+            print(f"{cfg.rollout.backend} step {version}: sampling/logprob_diff {diff:.2e}")
             # The gap means something only while the policy still has choices (a collapsed one reports log-prob 0).
             assert np.mean([lp for g in groups for s in g for lp in s.rollout.logprobs]) < -0.05
             assert all(np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0 for r in ranks)
@@ -94,6 +95,7 @@ def run_sync_steps(cfg, model_path, exact_weights: bool) -> None:
         # Negative control: train without syncing, and the next step's gap is no longer ~0.
         step(10)
         _, _, stale_diff = step(11)
+        print(f"{cfg.rollout.backend} skipped sync: sampling/logprob_diff {stale_diff:.2e}")
         assert stale_diff > 1e-3, f"a missed sync must be visible in sampling/logprob_diff ({stale_diff})"
     finally:
         shutdown(services)
