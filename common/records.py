@@ -21,13 +21,17 @@ class Sample:
     question: str
     solution: Any
     image_size: tuple[int, int] | None = None  # original (width, height) when the source gives it
+    origin: str | None = None  # where it came from, for messages: "file:row"
 
-    def load_image(self):
-        """Decode the image to an RGB PIL image (paths are read only here, never at dataset load)."""
+    def load_image(self, max_pixels: int | None = None):
+        """Decode the image to an RGB PIL image (paths are read only here, never at dataset load). An image over
+        `max_pixels` is refused from its header, before its pixels are decoded."""
         from PIL import Image
 
         src = io.BytesIO(self.image) if isinstance(self.image, bytes) else Path(self.image)
         with Image.open(src) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ValueError(f"image of {im.width} x {im.height} pixels is over data.max_image_pixels={max_pixels}")
             return im.convert("RGB")
 
 

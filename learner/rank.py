@@ -199,12 +199,21 @@ class LearnerRank:
         raise KeyError(name)
 
     def save(self, directory: str) -> None:
-        """DeepSpeed checkpoint (resumable: partitioned params + optimizer state), collective."""
-        self.engine.save_checkpoint(directory, tag="latest", client_state={"updates": self.updates})
+        """This rank's part of a resumable checkpoint, collective: DeepSpeed's ZeRO-3 state (partitioned weights,
+        optimizer, LR schedule) and the rank's RNG states. Every rank must see `directory` (shared storage)."""
+        self.engine.save_checkpoint(directory, tag="zero3", client_state={"updates": self.updates},
+                                    save_latest=False)
+        torch.save({"torch": torch.get_rng_state(), "updates": self.updates},
+                   Path(directory) / f"rng_rank{self.rank}.pt")
 
     def load(self, directory: str) -> None:
-        _, client = self.engine.load_checkpoint(directory, tag="latest")
-        self.updates = int((client or {}).get("updates", 0))
+        """Restore what `save` wrote (same number of ranks), collective."""
+        path, _ = self.engine.load_checkpoint(directory, tag="zero3")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory!r}")
+        extra = torch.load(Path(directory) / f"rng_rank{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(extra["torch"])
+        self.updates = int(extra["updates"])
 
     def export_hf(self, directory: str, processor_path: str) -> None:
         """A plain `from_pretrained`-loadable checkpoint of the current policy (rank 0 writes), collective."""

@@ -57,7 +57,10 @@ class DataConfig(Strict):
     train_size: int | None = Field(2048, ge=1, description="subset size (synthetic: how many to draw); None = all")
     eval_size: int | None = Field(64, ge=1)
     subset: Literal["first", "random"] = "first"
-    max_bad_rows: int = Field(100, ge=0, description="corrupt rows skipped (and counted) before a load fails")
+    max_bad_rows: int = Field(100, ge=0, description="corrupt rows skipped (and counted) before a load fails; "
+                                                     "also the unusable samples a run may skip when it draws them")
+    max_image_pixels: int = Field(100_000_000, ge=1, description="a larger image is skipped when drawn (read "
+                                                                  "from its header, never decoded)")
     image_size: int = Field(56, ge=28, description="synthetic scenes only")
     seed: int = 0
 
@@ -69,6 +72,8 @@ class TrainConfig(Strict):
     eval_every: int = Field(0, ge=0, description="0: evaluate only before and after training")
     output_dir: str = "outputs/run"
     export_final: bool = Field(True, description="write a from_pretrained checkpoint of the policy at the end")
+    checkpoint_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
 
 
 class WandbConfig(Strict):

@@ -1,12 +1,15 @@
 """Datasets by config: synthetic scenes for every task, or the public formats through orchestration/loaders.py."""
 from __future__ import annotations
 
+import logging
 import random
 
 from common.records import Sample
 from orchestration import loaders
 from orchestration.config import DataConfig, SplitFiles
 from orchestration.synthetic import SYNTHETIC
+
+log = logging.getLogger("perception_r1")
 
 SOURCE_TASK = {"coco": "detection", "refcoco": "grounding", "grounding_jsonl": "grounding",
                "pixmo_count": "counting", "pageocr": "ocr"}
@@ -46,18 +49,55 @@ def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
 
 
 class PromptSampler:
-    """Endless shuffled epochs over the training set, reproducible by seed."""
+    """Endless shuffled epochs over the training set, reproducible by seed; its position can be saved and restored
+    exactly (`state` / `load_state`), and samples that turned out unusable are left out of later epochs."""
 
     def __init__(self, samples: list[Sample], seed: int):
         if not samples:
             raise ValueError("the training set is empty")
         self.samples, self.rng, self.order = samples, random.Random(seed), []
+        self.excluded: set[int] = set()
+        self._index = {s.id: i for i, s in enumerate(samples)}
 
     def next(self, n: int) -> list[Sample]:
         out = []
         while len(out) < n:
             if not self.order:
+                if len(self.excluded) == len(self.samples):
+                    raise ValueError("every training sample has been skipped as unusable")
                 self.order = list(range(len(self.samples)))
                 self.rng.shuffle(self.order)
-            out.append(self.samples[self.order.pop()])
+            i = self.order.pop()
+            if i not in self.excluded:
+                out.append(self.samples[i])
         return out
+
+    def exclude(self, sample_id: str) -> None:
+        self.excluded.add(self._index[sample_id])
+
+    def state(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self.order), "excluded": sorted(self.excluded)}
+
+    def load_state(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
+        self.excluded = set(state["excluded"])
+
+
+class SkippedSamples:
+    """Samples skipped when drawn (missing, unreadable or oversized image, prompt too long): logged with their
+    origin, counted, and fatal past `limit` (data.max_bad_rows), naming where they came from."""
+
+    def __init__(self, limit: int, count: int = 0):
+        self.limit, self.count, self.first = limit, count, None
+
+    def report(self, sample: Sample, reason: str) -> None:
+        where = sample.origin or sample.id
+        self.count += 1
+        self.first = self.first or f"{where}: {reason}"
+        log.warning("skipping sample %s: %s", where, reason)
+        if self.count > self.limit:
+            raise loaders.DataError(f"{self.count} samples skipped as unusable (data.max_bad_rows={self.limit}); "
+                                    f"first: {self.first}; last: {where}: {reason}")

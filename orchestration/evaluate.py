@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -14,16 +15,18 @@ from tqdm import tqdm
 
 from common.records import RewardContext, SamplingParams, Sample
 from orchestration.config import RunConfig
-from orchestration.rollout import encode
+from orchestration.rollout import BadSample, encode_sample
 from reward_service.boxes import parse_boxes, to_original_space
 from reward_service.config import RewardOptions
 from reward_service.counting import count_boxes, counting_metrics
 from reward_service.detection import answer_to_coco, coco_ap
 from reward_service.grounding import grounding_metrics
 from reward_service.ocr import ocr_metrics
+from reward_service.thinking import answer_part
 from reward_service.worker import score_one
 
 TRUE, PRED = (0, 200, 0), (230, 0, 0)
+log = logging.getLogger("perception_r1")
 
 
 def official_coco_gt(annotation_file: str, samples: list[Sample]) -> dict:
@@ -42,7 +45,7 @@ def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts:
     if task == "grounding":
         return grounding_metrics([s.components.get("iou", 0.0) for s in scored])
     if task == "counting":
-        return counting_metrics([count_boxes(a, opts.box_convention) for a in answers],
+        return counting_metrics([_per_answer(count_boxes, None, a, opts.box_convention) for a in answers],
                                 [len(s.solution["points"]) for s in samples])
     if task == "ocr":
         return ocr_metrics(answers, [s.solution["text"] for s in samples])
@@ -63,13 +66,22 @@ def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts:
                                               "category_id": ids[label], "bbox": [b[0], b[1], w, h], "area": w * h})
         results = []
         for k, s, a, ctx in zip(image_ids, samples, answers, contexts):
-            results += answer_to_coco(a, opts.categories or s.solution["categories"], ids,
-                                      convention=opts.box_convention, scale=ctx.scale, orig_size=ctx.orig_size,
-                                      image_id=k)
+            results += _per_answer(answer_to_coco, [], a, opts.categories or s.solution["categories"], ids,
+                                   convention=opts.box_convention, scale=ctx.scale, orig_size=ctx.orig_size,
+                                   image_id=k)
         return coco_ap(gt, results)
     if task == "colour":
         return {"accuracy": float(np.mean([s.components.get("accuracy", 0.0) for s in scored]))}
     raise ValueError(f"no metrics for task {task!r}")
+
+
+def _per_answer(fn, wrong, *args, **kwargs):
+    """One answer's step of a metric; should it raise, the answer counts as wrong (`wrong`) and eval goes on."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the recovery: this answer is scored as wrong
+        log.warning("answer scored as wrong: %s raised %s: %s", fn.__name__, type(exc).__name__, exc)
+        return wrong
 
 
 def true_boxes(sample: Sample) -> list[list[float]]:
@@ -89,7 +101,7 @@ def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOp
     draw = ImageDraw.Draw(image)
     for b in true_boxes(sample):
         draw.rectangle(b, outline=TRUE, width=2)
-    for b in parse_boxes(answer, opts.box_convention) or []:
+    for b in _per_answer(parse_boxes, None, answer, opts.box_convention) or []:
         if b is not None and b.valid:
             draw.rectangle(to_original_space(b.as_list(), opts.box_convention, ctx.scale, ctx.orig_size),
                            outline=PRED, width=2)
@@ -110,28 +122,34 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     _, samples = build_datasets(cfg.data)
     engine = _engine(cfg, checkpoint)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-    answers, contexts, scored = [], [], []
+    answers, contexts, scored, kept, skipped = [], [], [], [], []
     t0 = time.perf_counter()
     for s in tqdm(samples, desc="eval", unit="sample"):
-        [prompt], [ctx] = encode(processor, cfg, [s])
+        try:
+            prompt, ctx = encode_sample(processor, cfg, s)
+        except BadSample as exc:  # logged and listed in the report, never a crash
+            log.warning("eval: skipping sample %s: %s", s.origin or s.id, exc)
+            skipped.append({"id": s.id, "origin": s.origin, "reason": str(exc)})
+            continue
         [[rollout]] = engine.generate([prompt], greedy)
-        answers.append(rollout.response_text)
+        kept.append(s)
+        answers.append(answer_part(rollout.response_text, opts.thinking))
         contexts.append(ctx)
         scored.append(score_one(rollout, ctx, opts))
     elapsed = time.perf_counter() - t0
     report = {
-        "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(samples),
-        "metrics": task_metrics(cfg.data.task, samples, answers, contexts, scored, opts,
-                                coco_gt=official_coco_gt(cfg.data.eval.file, samples) if cfg.data.source == "coco"
+        "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(kept), "skipped": skipped,
+        "metrics": task_metrics(cfg.data.task, kept, answers, contexts, scored, opts,
+                                coco_gt=official_coco_gt(cfg.data.eval.file, kept) if cfg.data.source == "coco"
                                 else None),
         "reward_mean": float(np.mean([s.reward for s in scored])) if scored else 0.0,
         "reward_errors": sum(s.error is not None for s in scored),
         "seconds": elapsed,
         "examples": [{"id": s.id, "question": s.question, "answer": a, "solution": s.solution}
-                     for s, a in list(zip(samples, answers))[:num_examples]],
+                     for s, a in list(zip(kept, answers))[:num_examples]],
     }
     images = [draw_example(s, a, c, opts, out / f"example_{i}.png")
-              for i, (s, a, c) in enumerate(list(zip(samples, answers, contexts))[:num_examples])]
+              for i, (s, a, c) in enumerate(list(zip(kept, answers, contexts))[:num_examples])]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if tracker is not None:
         tracker.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=0)

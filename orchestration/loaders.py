@@ -82,7 +82,9 @@ def _load_rows(path: str | Path, what: str, max_bad_rows: int, make_sample) -> l
     samples = []
     for row_no, row in _read_rows(p, bad):
         try:
-            samples.append(make_sample(p, row_no, row))
+            sample = make_sample(p, row_no, row)
+            sample.origin = f"{p}:{row_no}"
+            samples.append(sample)
         except ROW_ERRORS as exc:
             bad.report(row_no, repr(exc))
     return samples
@@ -135,6 +137,7 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path, *, max_bad_row
             samples.append(Sample(
                 id=f"coco-{img['id']}", task="detection", image=str(Path(image_dir) / img["file_name"]),
                 question=detection_prompt(names), image_size=(int(img["width"]), int(img["height"])),
+                origin=f"{path}:images[{i}]",
                 solution={"boxes": [b for b, _ in objs], "labels": [n for _, n in objs], "categories": names,
                           "image_id": img["id"]},
             ))
@@ -170,7 +173,7 @@ def load_refcoco(refs_file: str | Path, instances_file: str | Path, image_dir: s
                 samples.append(Sample(
                     id=f"refcoco-{ref['ref_id']}-{j}", task="grounding", image=str(Path(image_dir) / img["file_name"]),
                     question=grounding_prompt(text), solution={"box": box},
-                    image_size=(int(img["width"]), int(img["height"])),
+                    image_size=(int(img["width"]), int(img["height"])), origin=f"{refs_path}:refs[{i}]",
                 ))
         except ROW_ERRORS as exc:
             bad.report(i, f"ref: {exc!r}")

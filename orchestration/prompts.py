@@ -21,3 +21,8 @@ def detection_prompt(categories: list[str]) -> str:
 def detection_eval_prompt(categories: list[str]) -> str:
     return ("Locate every item from the category list in the image and output the coordinates in JSON format. "
             f"The category set includes {', '.join(categories)}.")
+
+
+# The `thinking` option (off by default, as in the paper: thinking hurts perception), in R1-style tags.
+THINKING_SUFFIX = (" First output the thinking process in <think> </think> tags and then output the final answer in "
+                   "<answer> </answer> tags.")

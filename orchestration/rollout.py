@@ -1,63 +1,139 @@
 """One step's data: generate G answers per prompt, score them as each group finishes, build learner shards."""
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import replace
 
 import numpy as np
 import ray
+from PIL import Image
+from ray.exceptions import RayActorError
 
 from common.records import EncodedPrompt, RewardContext, SamplingParams, Sample, ScoredRollout, TrainItem, TrainShard
-from common.vision import encode_prompt
+from common.vision import PromptTooLongError, encode_prompt
 from learner.grpo import group_advantages
 from orchestration.config import RunConfig
+from orchestration.prompts import THINKING_SUFFIX
+from orchestration.services import restart_engine
+
+
+class BadSample(ValueError):
+    """A sample that cannot be prompted: missing, unreadable or oversized image, or a prompt over the token limit."""
+
+
+# What a broken image file raises from PIL (UnidentifiedImageError and truncated files are OSErrors).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def encode_sample(processor, cfg: RunConfig, sample: Sample) -> tuple[EncodedPrompt, RewardContext]:
+    """The prompt as both engines and learner will see it, and what the reward needs to score its answers."""
+    try:
+        image = sample.load_image(max_pixels=cfg.data.max_image_pixels)
+    except _IMAGE_ERRORS as exc:
+        raise BadSample(f"image {sample.image if isinstance(sample.image, str) else '<bytes>'}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    question = sample.question + (THINKING_SUFFIX if cfg.reward.options.thinking else "")
+    try:
+        p = encode_prompt(processor, sample.id, image, question, min_pixels=cfg.model.min_pixels,
+                          max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
+    except PromptTooLongError as exc:  # never truncated: a multimodal prompt cut short loses image tokens
+        raise BadSample(str(exc)) from exc
+    ctx = RewardContext(sample.id, sample.task, sample.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
+                        image.size)
+    return p, ctx
 
 
 def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[EncodedPrompt], list[RewardContext]]:
-    """Prompts as both engines and learner will see them, and what the reward needs to score the answers."""
-    prompts, contexts = [], []
-    for s in samples:
-        image = s.load_image()
-        p = encode_prompt(processor, s.id, image, s.question, min_pixels=cfg.model.min_pixels,
-                          max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
-        prompts.append(p)
-        contexts.append(RewardContext(s.id, s.task, s.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
-                                      image.size))
-    return prompts, contexts
+    """`encode_sample` over a list (a bad sample raises BadSample)."""
+    pairs = [encode_sample(processor, cfg, s) for s in samples]
+    return [p for p, _ in pairs], [c for _, c in pairs]
+
+
+def draw_prompts(processor, cfg: RunConfig, sampler, n: int, skipped) -> tuple[list[Sample], list[EncodedPrompt],
+                                                                                    list[RewardContext]]:
+    """The next `n` usable prompts: a bad sample is reported to `skipped` (SkippedSamples), left out of later
+    epochs, and the next one takes its place, so the batch keeps its size."""
+    samples, prompts, contexts = [], [], []
+    while len(samples) < n:
+        [sample] = sampler.next(1)
+        try:
+            prompt, ctx = encode_sample(processor, cfg, sample)
+        except BadSample as exc:
+            skipped.report(sample, str(exc))
+            sampler.exclude(sample.id)
+            continue
+        samples.append(sample)
+        prompts.append(prompt)
+        contexts.append(ctx)
+    return samples, prompts, contexts
+
+
+def plan_calls(n_prompts: int, n_engines: int, calls_per_engine: int) -> list[tuple[int, list[int]]]:
+    """(engine, prompt indices) per generate call: each engine gets a contiguous share of the step, split into
+    `calls_per_engine` calls, so the first call's groups are scored while the engine generates the next."""
+    calls = []
+    share = math.ceil(n_prompts / n_engines)
+    for e in range(n_engines):
+        mine = list(range(e * share, min(n_prompts, (e + 1) * share)))
+        if not mine:
+            continue
+        size = math.ceil(len(mine) / min(calls_per_engine, len(mine)))
+        calls += [(e, mine[i : i + size]) for i in range(0, len(mine), size)]
+    return calls
 
 
 def generate_and_score(services, prompts: list[EncodedPrompt], contexts: list[RewardContext],
                        sampling: SamplingParams) -> tuple[list[list[ScoredRollout]], dict[str, float]]:
-    """Groups in prompt order, and rollout metrics. Each group goes to the reward pool as soon as its engine
-    returns it (`ray.wait`), so scoring overlaps generation."""
+    """Groups in prompt order, and rollout metrics. Each call's groups go to the reward pool as soon as its engine
+    returns them (`ray.wait`), so scoring overlaps generation. An engine that dies or hangs is restarted with the
+    current weights and the prompts it held are generated again; every group comes back whole."""
     t0 = time.perf_counter()
-    engines = services.engines
-    gen_refs = []
-    for i, prompt in enumerate(prompts):
-        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + i * sampling.n)
-        gen_refs.append(engines[i % len(engines)].generate.remote([prompt], seeded))
-    index = {ref: i for i, ref in enumerate(gen_refs)}
-    score_refs: list = [None] * len(gen_refs)
-    pending = list(gen_refs)
-    t_first_submit = None
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        i = index[ready[0]]
-        score_refs[i] = services.rewards.submit(ready[0], [contexts[i]])
+    r_cfg = services.cfg.rollout
+
+    def launch(engine: int, idx: list[int]):
+        seed = None if sampling.seed is None else sampling.seed + idx[0] * sampling.n  # prompt i: seed + i * n
+        ref = services.engines[engine].generate.remote([prompts[i] for i in idx], replace(sampling, seed=seed))
+        running[ref] = (engine, idx)
+
+    running: dict = {}
+    for engine, idx in plan_calls(len(prompts), len(services.engines), r_cfg.calls_per_engine):
+        launch(engine, idx)
+    jobs, restarts, t_first_submit = [], 0, None
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=r_cfg.generate_timeout_s)
+        failed, reason = None, ""
+        if not ready:  # hung: every call still out is on a stuck engine or queued behind one
+            failed, reason = next(iter(running.values()))[0], f"returned nothing for rollout.generate_timeout_s={r_cfg.generate_timeout_s}s"
+        else:
+            engine, idx = running[ready[0]]
+            try:
+                ray.get(ready[0], timeout=60)  # small: the answers; raises if the engine died under the call
+            except RayActorError as exc:
+                failed, reason = engine, f"died ({type(exc).__name__})"
+        if failed is not None:
+            lost = [(ref, idx) for ref, (e, idx) in running.items() if e == failed]
+            for ref, _ in lost:
+                running.pop(ref)
+            restart_engine(services, failed, reason)
+            restarts += 1
+            for _, idx in lost:
+                launch(failed, idx)
+            continue
+        running.pop(ready[0])
+        jobs.append((idx, services.rewards.submit(ready[0], [contexts[i] for i in idx])))
         t_first_submit = t_first_submit if t_first_submit is not None else time.perf_counter() - t0
     t_gen = time.perf_counter() - t0
-    results = services.rewards.collect(score_refs)
-    groups, timeouts = [], 0
-    for i, result in enumerate(results):
-        if result is None:  # the reward call timed out: every answer of the group scores 0, counted
-            timeouts += 1
-            rollouts = ray.get(gen_refs[i])[0]
-            groups.append([ScoredRollout(r, 0.0, {}, error="reward timeout") for r in rollouts])
-        else:
-            groups.append(result[0])
+    pool = services.rewards.collect([job for _, job in jobs])
+    groups: list = [None] * len(prompts)
+    for idx, job in jobs:
+        for i, group in zip(idx, job.result):
+            groups[i] = group
     metrics = rollout_metrics(groups)
-    metrics.update({"reward/timeouts": float(timeouts), "time/generate_s": t_gen,
+    metrics.update({"reward/retries": float(pool.retries), "reward/timeouts": float(pool.timeouts),
+                    "reward/failed_groups": float(pool.failed_groups), "rollout/engine_restarts": float(restarts),
+                    "time/generate_s": t_gen,
                     # how long scoring ran alongside generation: > 0 shows groups streamed to the reward pool
                     "time/reward_overlap_s": t_gen - (t_first_submit or t_gen),
                     "time/reward_tail_s": time.perf_counter() - t0 - t_gen})

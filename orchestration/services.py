@@ -1,12 +1,15 @@
-"""Starting the services as Ray actors and the two calls that span them: weight sync and shutdown."""
+"""Starting the services as Ray actors, and the calls that span them: weight sync, engine restarts, shutdown."""
 from __future__ import annotations
 
+import logging
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 
 import ray
+from ray.exceptions import RayActorError
 
 from common.sync_group import WeightPlan
 from learner.actor import LearnerActor
@@ -14,29 +17,77 @@ from orchestration.config import RunConfig
 from reward_service.pool import RewardPool
 from rollout_workers.actor import EngineActor
 
+log = logging.getLogger("perception_r1")
+
+
+class LearnerDied(RuntimeError):
+    """A learner rank is gone: its ZeRO-3 shard of the weights and optimizer went with it, so the run stops."""
+
 
 @dataclass
 class Services:
+    cfg: RunConfig
+    model_path: str
     engines: list  # EngineActor handles
     learners: list  # LearnerActor handles, index = rank
     rewards: RewardPool
     plan: WeightPlan
+    version: int = -1  # the weights version every engine holds (-1: none synced yet)
 
 
-def start_ray(cfg: RunConfig) -> None:
-    """Join the cluster named by config or RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+# ---- the Ray cluster ----------------------------------------------------------------------------------------------
+def _address_file() -> str:
+    """Where `ray start` records the running local cluster (`ray_current_cluster` in Ray's temp directory)."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return get_ray_address_file(None)
+    except ImportError:  # Ray moved it
+        return os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
+
+
+def _reachable(address: str, timeout_s: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_ray(cfg: RunConfig) -> str:
+    """Join the cluster named by `ray.address` or RAY_ADDRESS (as under `ray job submit`), else the running local
+    cluster `ray start` recorded, else start a local one (also when that record is stale). Returns, and logs,
+    which of these happened."""
     if ray.is_initialized():
-        return
+        return "ray already initialised in this process"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return
-    needed = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine
-              + cfg.reward.num_workers * cfg.reward.cpus_per_worker)
-    ray.init(num_cpus=cfg.ray.num_cpus or math.ceil(needed) + 1, include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+        how = f"joined the Ray cluster at {address}"
+    else:
+        recorded = None
+        path = _address_file()
+        if os.path.isfile(path):
+            with open(path) as f:
+                recorded = f.read().strip() or None
+        if recorded and _reachable(recorded):
+            ray.init(address=recorded)  # a cluster sizes itself: no local-only arguments
+            how = f"joined the running local Ray cluster at {recorded} (recorded in {path})"
+        else:
+            needed = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+                      + cfg.rollout.num_engines * cfg.rollout.cpus_per_engine
+                      + cfg.reward.num_workers * cfg.reward.cpus_per_worker)
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus or math.ceil(needed) + 1, include_dashboard=False,
+                     log_to_driver=True, configure_logging=False)
+            how = "started a local Ray cluster"
+            if recorded:
+                how += f" (the cluster recorded in {path}, {recorded}, is gone: stale record ignored)"
+    log.info(how)
+    return how
 
 
+# ---- starting and restarting actors -----------------------------------------------------------------------------
 def _threads(cpus: float) -> str:
     return str(max(1, int(cpus)))
 
@@ -59,7 +110,8 @@ def start_engine(cfg: RunConfig, model_path: str):
 
 
 def start_services(cfg: RunConfig, model_path: str) -> Services:
-    """Learner ranks (DeepSpeed ZeRO-3), engines and reward pool, with the weight-sync group joined."""
+    """Learner ranks (DeepSpeed ZeRO-3), engines and reward pool, with the weight-sync group joined. The engines
+    and reward actors load while the learner ranks set up DeepSpeed."""
     learner_env = {"OMP_NUM_THREADS": _threads(cfg.learner.cpus_per_rank), "TOKENIZERS_PARALLELISM": "false"}
     if cfg.learner.device == "cpu":
         learner_env["DS_ACCELERATOR"] = "cpu"
@@ -70,25 +122,52 @@ def start_services(cfg: RunConfig, model_path: str) -> Services:
         ).remote()
         for _ in range(cfg.learner.num_ranks)
     ]
-    master_host, master_port = ray.get(learners[0].address.remote())
-    ray.get([
+    master_host, master_port = ray.get(learners[0].address.remote(), timeout=300)
+    setup = [
         actor.setup.remote(model_path, cfg.learner, cfg.grpo, rank, cfg.learner.num_ranks, master_host, master_port,
                            grad_accum=cfg.grad_accum, sampling=cfg.rollout.policy_sampling(),
                            allowed_tokens=cfg.rollout.allowed_tokens)
         for rank, actor in enumerate(learners)
-    ])
+    ]
     engines = [start_engine(cfg, model_path) for _ in range(cfg.rollout.num_engines)]
     rewards = RewardPool(cfg.reward)
-    # One sync group: learner rank 0 is its rank 0, engine i its rank i + 1.
-    sync_host, sync_port = ray.get(learners[0].address.remote())
-    world = 1 + len(engines)
-    ray.get(
-        [learners[0].init_weight_sync.remote(sync_host, sync_port, world)]
-        + [e.init_weight_sync.remote(cfg.learner.sync_backend, sync_host, sync_port, i + 1, world)
-           for i, e in enumerate(engines)]
-    )
-    plan = ray.get(learners[0].weight_plan.remote())
-    return Services(engines=engines, learners=learners, rewards=rewards, plan=plan)
+    get_learners(setup)
+    services = Services(cfg, model_path, engines, learners, rewards,
+                        plan=get_learners([learners[0].weight_plan.remote()])[0])
+    connect_sync_group(services)
+    return services
+
+
+def connect_sync_group(services: Services) -> None:
+    """(Re)build the weight-sync group: learner rank 0 is its rank 0, engine i its rank i + 1. Rebuilt whenever
+    an engine is replaced; every member joins the new group."""
+    host, port = get_learners([services.learners[0].address.remote()])[0]
+    world = 1 + len(services.engines)
+    refs = [services.learners[0].init_weight_sync.remote(host, port, world)]
+    refs += [e.init_weight_sync.remote(services.cfg.learner.sync_backend, host, port, i + 1, world)
+             for i, e in enumerate(services.engines)]
+    get_learners(refs)
+
+
+def restart_engine(services: Services, i: int, reason: str) -> None:
+    """Replace engine i (dead or hung): a new actor, a rebuilt sync group, and the current weights."""
+    log.warning("engine %d %s: restarting it", i, reason)
+    ray.kill(services.engines[i], no_restart=True)
+    services.engines[i] = start_engine(services.cfg, services.model_path)
+    connect_sync_group(services)
+    sync_weights(services, services.version)
+
+
+def get_learners(refs: list, timeout_s: float | None = None) -> list:
+    """ray.get for calls that involve learner ranks: a dead rank stops the run with what to do next."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except RayActorError as exc:
+        raise LearnerDied(
+            f"a learner rank died ({exc.__class__.__name__}: {str(exc)[:300]}). Its ZeRO-3 shard of the weights and "
+            "optimizer state is gone, so the run cannot go on. Resume from the last checkpoint: run the same "
+            "command with --resume auto (under `ray job submit`, submit it again with --resume auto)."
+        ) from exc
 
 
 def sync_weights(services: Services, version: int) -> dict[str, float]:
@@ -96,10 +175,11 @@ def sync_weights(services: Services, version: int) -> dict[str, float]:
     t0 = time.perf_counter()
     learner_refs = [learner.sync_weights.remote() for learner in services.learners]
     engine_refs = [engine.receive_weights.remote(version, services.plan) for engine in services.engines]
-    rank_metrics = ray.get(learner_refs)
+    rank_metrics = get_learners(learner_refs)
     versions = ray.get(engine_refs)
     if any(v != version for v in versions):
         raise RuntimeError(f"engines report policy versions {versions} after syncing version {version}")
+    services.version = version
     return {"sync/bytes": rank_metrics[0]["sync/bytes"], "time/sync_s": time.perf_counter() - t0}
 
 

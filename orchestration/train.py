@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import ray
 from tqdm import tqdm
 
 from common.records import SamplingParams, Sample
 from orchestration.config import RunConfig, load_config
-from orchestration.datasets import PromptSampler, build_datasets
-from orchestration.rollout import encode, generate_and_score, make_shards
-from orchestration.services import Services, shutdown, start_ray, start_services, sync_weights
+from orchestration import checkpoint
+from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
+from orchestration.rollout import BadSample, draw_prompts, encode_sample, generate_and_score, make_shards
+from orchestration.services import Services, get_learners, shutdown, start_ray, start_services, sync_weights
 from orchestration.tracking import Tracker
 
 log = logging.getLogger("perception_r1")
@@ -50,75 +50,111 @@ def prepare_model(cfg: RunConfig, out_dir: Path) -> str:
                                    min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels))
 
 
-def eval_reward(services: Services, processor, cfg: RunConfig, samples: list[Sample]) -> dict[str, float]:
+def encode_eval_set(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list, list]:
+    """The held-out prompts, encoded once for every evaluation of the run; an unusable sample is left out, logged."""
+    prompts, contexts = [], []
+    for s in samples:
+        try:
+            p, c = encode_sample(processor, cfg, s)
+        except BadSample as exc:
+            log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
+            continue
+        prompts.append(p)
+        contexts.append(c)
+    if not prompts:
+        raise ValueError("no usable sample in the eval set")
+    return prompts, contexts
+
+
+def eval_reward(services: Services, cfg: RunConfig, eval_prompts: tuple[list, list]) -> dict[str, float]:
     """Greedy decoding over held-out samples on the running engines: mean reward and its components (the task's
     full metrics come from `perception-r1 eval` on a checkpoint)."""
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-    prompts, contexts = encode(processor, cfg, samples)
-    _, metrics = generate_and_score(services, prompts, contexts, greedy)
+    _, metrics = generate_and_score(services, *eval_prompts, greedy)
     return {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
 
 
-def train(cfg: RunConfig) -> TrainResult:
+def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+    """Run GRPO for `train.steps` steps; `resume` ("auto" or a checkpoint directory) continues a run exactly."""
     out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(_yaml(cfg))
+    ckpt = checkpoint.resolve(resume, out_dir)
+    state = checkpoint.read_state(ckpt) if ckpt else None
     model_path = prepare_model(cfg, out_dir)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_path)
     train_set, eval_set = build_datasets(cfg.data)
     sampler = PromptSampler(train_set, cfg.train.seed)
+    skipped = SkippedSamples(cfg.data.max_bad_rows)
+    eval_prompts = encode_eval_set(processor, cfg, eval_set)
     sampling = SamplingParams(n=cfg.grpo.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
-    tracker = Tracker(cfg, out_dir)
+    tracker = Tracker(cfg, out_dir, resume_step=state.step if state else None,
+                      run_id=state.wandb_id if state else None)
     start_ray(cfg)
     services = None
     history: list[dict[str, float]] = []
     try:
         t0 = time.perf_counter()
         services = start_services(cfg, model_path)
-        version = 0
-        sync_weights(services, version)  # engines start from the learner's weights (also after a resume)
+        version, first_step = 0, 1
+        if state is not None:
+            checkpoint.restore(services, ckpt)
+            sampler.load_state(state.sampler)
+            skipped.count = state.skipped
+            version, first_step = state.version, state.step + 1
+            log.info("resumed from %s: step %d, policy version %d", ckpt, state.step, version)
+        sync_weights(services, version)  # the engines start from the learner's (restored) weights
         log.info("services up in %.1fs", time.perf_counter() - t0)
-        before = eval_reward(services, processor, cfg, eval_set)
-        tracker.log({**before, "policy/version": version}, step=0)
-        print(f"eval before training: reward {before['eval/mean']:.3f}", flush=True)
+        if state is None:
+            before = eval_reward(services, cfg, eval_prompts)["eval/mean"]
+            tracker.log({"eval/mean": before, "policy/version": version}, step=0)
+        else:
+            before = state.eval_before
+        print(f"eval before training: reward {before:.3f}", flush=True)
 
-        bar = tqdm(range(1, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout, dynamic_ncols=True)
+        bar = tqdm(range(first_step, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout,
+                   dynamic_ncols=True, initial=first_step - 1, total=cfg.train.steps)
         for step in bar:
             t_step = time.perf_counter()
-            samples = sampler.next(cfg.train.prompts_per_step)
-            prompts, contexts = encode(processor, cfg, samples)
+            samples, prompts, contexts = draw_prompts(processor, cfg, sampler, cfg.train.prompts_per_step, skipped)
             seeded = replace(sampling, seed=cfg.train.seed + step * 100_003)
             groups, metrics = generate_and_score(services, prompts, contexts, seeded)
 
             t_train = time.perf_counter()
             shards = make_shards(groups, prompts, cfg.learner.num_ranks, cfg.grpo.group_size,
                                  cfg.grpo.scale_rewards, cfg.grpo.advantage_eps)
-            rank_metrics = ray.get([l.train_step.remote(s) for l, s in zip(services.learners, shards)])
+            rank_metrics = get_learners([l.train_step.remote(s) for l, s in zip(services.learners, shards)])
             metrics.update(_merge_rank_metrics(rank_metrics))
             metrics["time/train_s"] = time.perf_counter() - t_train
 
             version += 1
             metrics.update(sync_weights(services, version))
             metrics["policy/version"] = float(version)
+            metrics["data/skipped"] = float(skipped.count)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-                metrics.update(eval_reward(services, processor, cfg, eval_set))
+                metrics.update(eval_reward(services, cfg, eval_prompts))
+            if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                t_ckpt = time.perf_counter()
+                checkpoint.save(services, checkpoint.RunState(step, version, sampler.state(), skipped.count, before,
+                                                              tracker.run_id), out_dir, cfg.train.keep_checkpoints)
+                metrics["time/checkpoint_s"] = time.perf_counter() - t_ckpt
             metrics["time/step_s"] = time.perf_counter() - t_step
             tracker.log(metrics, step=step)
+            tracker.log_samples([s.id for s in samples], step=step)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", lp_diff=f"{metrics['sampling/logprob_diff']:.1e}",
                             step_s=f"{metrics['time/step_s']:.1f}")
 
-        after = eval_reward(services, processor, cfg, eval_set)
+        after = eval_reward(services, cfg, eval_prompts)
         tracker.log(after, step=cfg.train.steps)
         _print_timing(history)
         if cfg.train.export_final:
-            ray.get([l.export_hf.remote(str(out_dir / "final"), model_path) for l in services.learners])
-        print(f"eval reward: before {before['eval/mean']:.3f} -> after {after['eval/mean']:.3f}", flush=True)
-        return TrainResult(before["eval/mean"], after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir,
-                           history)
+            get_learners([l.export_hf.remote(str(out_dir / "final"), model_path) for l in services.learners])
+        print(f"eval reward: before {before:.3f} -> after {after['eval/mean']:.3f}", flush=True)
+        return TrainResult(before, after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir, history)
     finally:
         tracker.finish()
         shutdown(services)
@@ -153,10 +189,13 @@ def _yaml(cfg: RunConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GRPO training of a Qwen2.5-VL perception policy")
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="continue a run: 'auto' takes the newest complete checkpoint under train.output_dir "
+                             "(a fresh start when there is none), or give a checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train(load_config(args.config, args.overrides))
+    train(load_config(args.config, args.overrides), resume=args.resume)
     return 0
 
 

@@ -17,6 +17,8 @@ class RewardOptions(BaseModel):
     size_weights: bool = Field(False, description="detection IoU term weighted 3/2/1 for small/medium/large")
     missing_penalty: bool = Field(True, description="detection -0.5 * (fp_rate + fn_rate), paper Table 6")
     categories: list[str] | None = Field(None, description="detection label set (else the sample's own list)")
+    thinking: bool = Field(False, description="answers as <think>...</think><answer>...</answer> with a 0/1 "
+                                              "thinking_format reward (off, as in the paper); prompts ask for it")
     max_items: int = Field(
         256, ge=1, description="boxes matched per answer (counting, detection); items beyond it still count as "
                                "predictions (count ratio, precision, false-positive penalty) but are not matched, "
@@ -27,6 +29,9 @@ class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_workers: int = Field(2, ge=1, description="reward actors in the pool")
-    timeout_s: float = Field(120.0, gt=0, description="per scoring call; a group past it scores 0 and is counted")
+    timeout_s: float = Field(120.0, gt=0, description="per scoring call; past it the actor counts as hung: it is "
+                                                      "replaced and the call resubmitted")
+    max_retries: int = Field(2, ge=0, description="resubmissions of a call whose actor died or hung; after them "
+                                                  "its group scores 0, counted in reward/failed_groups")
     cpus_per_worker: float = Field(0.25, gt=0)
     options: RewardOptions = RewardOptions()

@@ -8,6 +8,7 @@ import ray
 from common.records import RewardContext, Rollout, ScoredRollout
 from reward_service.config import RewardOptions
 from reward_service.registry import reward_fn
+from reward_service.thinking import answer_part, thinking_answer
 
 
 class RewardWorker:
@@ -25,10 +26,15 @@ class RewardWorker:
 
 
 def score_one(rollout: Rollout, ctx: RewardContext, options: RewardOptions) -> ScoredRollout:
-    """Reward of one answer; any exception (a bad answer or bad ground truth) gives 0 and names the error."""
+    """Reward of one answer; any exception (a bad answer or bad ground truth) gives 0 and names the error.
+    With `options.thinking` the task reward reads the <answer> block and `thinking_format` (0/1) is added."""
     try:
-        components = dict(reward_fn(ctx.task)(rollout.response_text, ctx, options))
+        text = answer_part(rollout.response_text, options.thinking)
+        components = dict(reward_fn(ctx.task)(text, ctx, options))
         total = float(components.pop("total"))
+        if options.thinking:
+            components["thinking_format"] = float(thinking_answer(rollout.response_text) is not None)
+            total += components["thinking_format"]
         return ScoredRollout(rollout, total, components)
     except Exception as exc:  # noqa: BLE001 - the recovery is reward 0 and a counted reward/errors metric
         return ScoredRollout(rollout, 0.0, {}, error=f"{type(exc).__name__}: {exc}"[:500])
@@ -44,3 +50,7 @@ class RewardActor:
 
     def busy_seconds(self) -> float:
         return self.worker.busy_s
+
+    def block(self, seconds: float) -> None:
+        """Keep this actor busy for `seconds`: a fault drill, what a hung reward looks like to the pool."""
+        time.sleep(seconds)

@@ -22,6 +22,10 @@ class RolloutConfig(BaseModel):
                           "engine and learner compute log-probs over them alone"
     )
     cpus_per_engine: float = Field(1.0, gt=0)
+    calls_per_engine: int = Field(2, ge=1, description="generate calls an engine's share of a step is split into: "
+                                                       "the first call's groups are scored while the next generates")
+    generate_timeout_s: float = Field(1800.0, gt=0, description="an engine that returns nothing for this long is "
+                                                                 "taken for hung and restarted")
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM only")
 
     def policy_sampling(self) -> dict[str, float]:
