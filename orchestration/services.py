@@ -159,15 +159,23 @@ def restart_engine(services: Services, i: int, reason: str) -> None:
 
 
 def get_learners(refs: list, timeout_s: float | None = None) -> list:
-    """ray.get for calls that involve learner ranks: a dead rank stops the run with what to do next."""
-    try:
-        return ray.get(refs, timeout=timeout_s)
-    except RayActorError as exc:
-        raise LearnerDied(
-            f"a learner rank died ({exc.__class__.__name__}: {str(exc)[:300]}). Its ZeRO-3 shard of the weights and "
-            "optimizer state is gone, so the run cannot go on. Resume from the last checkpoint: run the same "
-            "command with --resume auto (under `ray job submit`, submit it again with --resume auto)."
-        ) from exc
+    """ray.get for calls that involve learner ranks. A dead rank stops the run at once, saying what to do next:
+    the others would wait for it in their next collective until the process-group timeout."""
+    pending, deadline = list(refs), None if timeout_s is None else time.monotonic() + timeout_s
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = ray.wait(pending, num_returns=1, timeout=left)
+        if not done:
+            raise TimeoutError(f"learner calls still running after {timeout_s}s")
+        try:
+            ray.get(done[0])
+        except RayActorError as exc:
+            raise LearnerDied(
+                f"a learner rank died ({exc.__class__.__name__}: {str(exc)[:300]}). Its ZeRO-3 shard of the weights "
+                "and optimizer state is gone, so the run cannot go on. Resume from the last checkpoint: run the "
+                "same command with --resume auto (under `ray job submit`, submit it again with --resume auto)."
+            ) from exc
+    return ray.get(refs)
 
 
 def sync_weights(services: Services, version: int) -> dict[str, float]:

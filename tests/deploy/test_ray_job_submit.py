@@ -59,6 +59,7 @@ def token_auth_cluster():
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("WANDB_SERVICE", None)  # the job starts its own W&B service
     temp_dir = tempfile.mkdtemp(prefix="pr1-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     gcs, dash, client, agent = _free_ports(4)
     log = open(Path(temp_dir) / "ray_start.log", "w")

@@ -22,9 +22,12 @@ ARGS = ["--config", "configs/demo_cpu.yaml", f"train.steps={STEPS}", "train.chec
 
 def _start(out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     log = open(out.with_suffix(".log"), "a")
+    # Its own W&B service: one inherited from this process (WANDB_SERVICE) would outlive the killed run and
+    # keep its run id "in use".
+    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, "-m", "orchestration.train", *ARGS, f"train.output_dir={out}", *extra],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+                            env={**base, **(env or {})})
 
 
 def _finish(proc: subprocess.Popen, out: Path) -> None:
