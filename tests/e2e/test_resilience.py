@@ -138,7 +138,7 @@ def test_too_many_unusable_samples_stop_the_run_naming_the_file(local_ray, tmp_p
 
 
 def test_a_dead_learner_rank_stops_the_run_at_once_saying_how_to_resume(local_ray, tmp_path):
-    from orchestration.services import LearnerDied, get_learners
+    from orchestration.services import LearnerDied
 
     cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}"])
     services = start_services(cfg, prepare_model(cfg, tmp_path))
