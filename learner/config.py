@@ -23,6 +23,8 @@ class GRPOConfig(Strict):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     advantage_eps: float = Field(1e-4, gt=0)
     loss_agg: Literal["seq-mean", "token-mean"] = "seq-mean"
+    tis_cap: float | None = Field(2.0, gt=0, description="cap of the truncated importance weight engine -> learner "
+                                                          "(corrects stale answers, train.max_staleness); null: off")
 
 
 class LearnerConfig(Strict):
@@ -45,6 +47,8 @@ class LearnerConfig(Strict):
     sync_bucket_mb: float = Field(256.0, gt=0)
     cpus_per_rank: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    shared_prefix: bool = Field(True, description="one prompt forward per group, its G answers attending to it (off "
+                                                  "with gradient_checkpointing, whose recompute would refill the cache)")
 
     @model_validator(mode="after")
     def _devices_match_backends(self):

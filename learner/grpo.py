@@ -50,15 +50,22 @@ def grpo_loss(
     mask: torch.Tensor,
     *,
     ref_logprobs: torch.Tensor | None = None,
+    behavior_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
     beta: float = 0.04,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
     loss_agg: LossAgg = "seq-mean",
     normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped-surrogate GRPO loss with a k3 KL penalty.
+    """Clipped-surrogate GRPO loss with a k3 KL penalty, corrected for the policy that sampled.
 
-    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    logprobs, old_logprobs, ref_logprobs, behavior_logprobs, mask: [B, T]; advantages: [B].
+    `old_logprobs` are the learner's policy at the start of the update (the proximal policy); `behavior_logprobs`
+    the engine's, which sampled the answers, possibly with older weights (train.max_staleness). Each token's
+    surrogate is weighted by the truncated importance weight min(exp(old - behavior), tis_cap), held constant (the
+    decoupled objective of AReaL, truncated as in veRL's TIS): 1 to float precision when engine and learner hold the
+    same weights, and the correction otherwise.
     seq-mean: mean over each answer's tokens, then over answers (paper); token-mean: over all tokens (DAPO).
     `normalizer` replaces the local count of answers (seq-mean) or tokens (token-mean), so that micro-batches on
     several ranks add up to the loss of the whole batch. With one update per batch old == logprobs.detach(), the
@@ -69,6 +76,11 @@ def grpo_loss(
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
     per_token = torch.maximum(-adv * ratio, -adv * clipped)
+    weight = None
+    if behavior_logprobs is not None and tis_cap is not None:
+        with torch.no_grad():
+            weight = torch.clamp(torch.exp(old_logprobs - behavior_logprobs), max=tis_cap)
+        per_token = per_token * weight
     kl = k3_kl(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
     if beta:
         per_token = per_token + beta * kl
@@ -87,4 +99,8 @@ def grpo_loss(
             "clip_frac": (is_clipped.to(mask.dtype) * mask).sum() / n_tok,
             "ratio": (ratio * mask).sum() / n_tok,
         }
+        if weight is not None:
+            stats["is_weight"] = (weight * mask).sum() / n_tok
+            stats["is_weight_max"] = (weight * mask).max()
+            stats["is_truncated_frac"] = ((weight >= tis_cap).to(mask.dtype) * mask).sum() / n_tok
     return loss, stats

@@ -17,7 +17,7 @@ from common.records import TrainShard
 from common.sync_group import create_sync_group, send_buckets
 from learner.config import GRPOConfig, LearnerConfig
 from learner.grpo import grpo_loss
-from learner.sequences import collate, response_logprobs
+from learner.sequences import collate, collate_shared, response_logprobs, shared_prefix_logprobs
 from learner.weight_source import ZeroWeightSource
 
 
@@ -113,17 +113,29 @@ class LearnerRank:
         scale = self.grad_accum * self.world_size  # DeepSpeed averages over micro-batches and ranks
         count = shard.num_tokens_global if self.grpo.loss_agg == "token-mean" else shard.num_items_global
         normalizer = count / scale
-        batches = [collate(items, shard.prompts, self.model_config, self.pad_id, self.device,
-                           self.engine.module.dtype) for items in micro]
+        dtype = self.engine.module.dtype
+        if self.cfg.shared_prefix and not self.cfg.gradient_checkpointing:
+            batches = [collate_shared(items, shard.prompts, self.engine.module, self.pad_id, self.device, dtype)
+                       for items in micro]
+
+            def logprobs(model, batch):
+                return shared_prefix_logprobs(model, batch, self.policy, self.model_config)
+        else:
+            batches = [collate(items, shard.prompts, self.model_config, self.pad_id, self.device, dtype)
+                       for items in micro]
+
+            def logprobs(model, batch):
+                return response_logprobs(model, batch, self.policy)
         old_lp: list[torch.Tensor] = []
         ref_lp: list[torch.Tensor | None] = []
-        sums = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0)
+        sums = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0, is_weight=0.0, is_truncated_frac=0.0)
+        is_weight_max = 0.0
         diff_sum, diff_max, n_tok = 0.0, 0.0, 0.0
         grad_norm = float("nan")
         self.engine.train()
         for epoch in range(self.grpo.ppo_epochs):
             for i, batch in enumerate(batches):
-                lp = response_logprobs(self.engine, batch, self.policy)
+                lp = logprobs(self.engine, batch)
                 if epoch == 0:
                     # Before the first update the policy is the one that sampled: these are the old log-probs,
                     # and their gap to the engine's is the proof that weight sync happened.
@@ -134,19 +146,21 @@ class LearnerRank:
                     n_tok += float(batch.mask.sum())
                     if self.ref_engine is not None:
                         with torch.no_grad():
-                            ref_lp.append(response_logprobs(self.ref_engine, batch, self.policy))
+                            ref_lp.append(logprobs(self.ref_engine, batch))
                     else:
                         ref_lp.append(None)
                 loss, stats = grpo_loss(
                     lp, old_lp[i], batch.advantages, batch.mask, ref_logprobs=ref_lp[i], beta=self.grpo.beta,
+                    behavior_logprobs=batch.engine_logprobs, tis_cap=self.grpo.tis_cap,
                     clip_eps_low=self.grpo.clip_eps_low, clip_eps_high=self.grpo.clip_eps_high,
                     loss_agg=self.grpo.loss_agg, normalizer=normalizer,
                 )
                 self.engine.backward(loss)
                 self.engine.step()
                 sums["loss"] += float(loss.detach()) / scale * self.world_size / self.grpo.ppo_epochs
-                for k in ("kl", "clip_frac", "ratio"):
+                for k in sums.keys() & stats.keys():
                     sums[k] += float(stats[k]) / (len(batches) * self.grpo.ppo_epochs)
+                is_weight_max = max(is_weight_max, float(stats.get("is_weight_max", 0.0)))
             grad_norm = _to_float(self.engine.get_global_grad_norm())
             self.updates += 1
         return {
@@ -154,6 +168,9 @@ class LearnerRank:
             "train/kl": sums["kl"],
             "train/clip_frac": sums["clip_frac"],
             "train/ratio": sums["ratio"],
+            "train/is_weight": sums["is_weight"],
+            "train/is_weight_max": is_weight_max,
+            "train/is_truncated_frac": sums["is_truncated_frac"],
             "train/grad_norm": grad_norm,
             "train/lr": float(self.engine.get_lr()[0]),
             "train/masked_vision_tokens": float(sum(b.num_masked_vision_tokens for b in batches)),

@@ -79,3 +79,94 @@ def response_logprobs(model, batch: Collated, policy: Policy) -> torch.Tensor:
     logits = model(**batch.inputs, use_cache=False).logits[:, batch.start : -1]
     targets = batch.inputs["input_ids"][:, batch.start + 1 :]
     return token_logprobs(logits, targets, policy)
+
+
+@dataclass
+class SharedBatch:
+    """A micro-batch laid out for the shared-prefix forward: each distinct prompt once, its answers as rows.
+
+    Over the T answer positions: `mask`, `engine_logprobs` [R, T]; `advantages` [R]; `row_prompt` [R] is the
+    prompt (index into the prefix batch) of each answer row.
+    """
+
+    prefix: dict[str, torch.Tensor]  # left-padded prompts [U, Lp] with their images and 3D positions
+    next_position: torch.Tensor  # [U] position of each prompt's first answer token
+    answers: torch.Tensor  # [R, T] answer ids (vision placeholders replaced by pad), right-padded
+    answer_attention: torch.Tensor  # [R, T]
+    targets: torch.Tensor  # [R, T] the ids whose log-probs are scored (the answers as sampled)
+    row_prompt: torch.Tensor  # [R]
+    mask: torch.Tensor  # [R, T]
+    engine_logprobs: torch.Tensor  # [R, T]
+    advantages: torch.Tensor  # [R]
+    num_masked_vision_tokens: int
+
+
+def collate_shared(items: list[TrainItem], prompts: dict[str, EncodedPrompt], model, pad_id: int, device,
+                   dtype) -> SharedBatch:
+    """Group a micro-batch's answers under their prompts (first-seen order) for `shared_prefix_logprobs`."""
+    config = model.config
+    order = list(dict.fromkeys(it.sample_id for it in items))
+    U, R = len(order), len(items)
+    Lp = max(len(prompts[s].prompt_token_ids) for s in order)
+    T = max(len(it.response_token_ids) for it in items)
+    ids = torch.full((U, Lp), pad_id, dtype=torch.long)
+    attention = torch.zeros((U, Lp), dtype=torch.long)
+    for u, sid in enumerate(order):
+        p = prompts[sid].prompt_token_ids
+        ids[u, Lp - len(p):] = torch.tensor(p)
+        attention[u, Lp - len(p):] = 1
+    types = mm_token_type_ids(ids, config)
+    # torch.tensor copies: arrays from Ray's object store are read-only.
+    grid = torch.cat([torch.tensor(prompts[s].image_grid_thw) for s in order])
+    positions, _ = model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=attention)
+    vision_ids = torch.tensor(sorted(i for i in (config.image_token_id, config.video_token_id) if i is not None))
+    answers = torch.full((R, T), pad_id, dtype=torch.long)
+    targets = torch.full((R, T), pad_id, dtype=torch.long)
+    answer_attention = torch.zeros((R, T), dtype=torch.long)
+    mask = torch.zeros((R, T), dtype=torch.float32)
+    engine_lp = torch.zeros((R, T), dtype=torch.float32)
+    masked = 0
+    for r, it in enumerate(items):
+        response = torch.tensor(it.response_token_ids, dtype=torch.long)
+        bad = torch.isin(response, vision_ids)
+        masked += int(bad.sum())
+        n = len(response)
+        targets[r, :n] = response
+        answers[r, :n] = torch.where(bad, torch.tensor(pad_id), response)
+        answer_attention[r, :n] = 1
+        mask[r, :n] = (~bad).float()
+        engine_lp[r, :n] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
+    prefix = dict(
+        input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+        mm_token_type_ids=types.to(device), image_grid_thw=grid.to(device),
+        pixel_values=torch.cat([torch.tensor(prompts[s].pixel_values) for s in order]).to(device, dtype),
+    )
+    return SharedBatch(
+        prefix=prefix, next_position=(positions.amax(dim=(0, 2)) + 1).to(device), answers=answers.to(device),
+        answer_attention=answer_attention.to(device), targets=targets.to(device),
+        row_prompt=torch.tensor([order.index(it.sample_id) for it in items], device=device),
+        mask=mask.to(device), engine_logprobs=engine_lp.to(device),
+        advantages=torch.tensor([it.advantage for it in items], dtype=torch.float32, device=device),
+        num_masked_vision_tokens=masked,
+    )
+
+
+def shared_prefix_logprobs(model, batch: SharedBatch, policy: Policy, config) -> torch.Tensor:
+    """Log-probs [R, T] of every answer token, each prompt (and its image) encoded once: the prompt forward fills a
+    KV cache, which is indexed out to the prompt's answer rows (a differentiable gather, so gradients from every
+    answer accumulate into the one prompt forward), and all answers then run as one batch against it. The same
+    numbers and gradients as `response_logprobs` over G full rows, at a fraction of the prompt tokens."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    out = model(**batch.prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1][batch.row_prompt]  # [R, V] predicts each answer's first token
+    cache.batch_select_indices(batch.row_prompt)
+    R, T = batch.answers.shape
+    attention = torch.cat([batch.prefix["attention_mask"][batch.row_prompt], batch.answer_attention], dim=1)
+    steps = torch.arange(T, device=batch.answers.device)
+    positions = (batch.next_position[batch.row_prompt][:, None] + steps).unsqueeze(0).expand(3, R, T)
+    logits = model(input_ids=batch.answers, attention_mask=attention, position_ids=positions,
+                   past_key_values=cache, use_cache=True).logits  # [R, T, V]; position t predicts token t + 1
+    logits = torch.cat([first.unsqueeze(1), logits[:, :-1]], dim=1)
+    return token_logprobs(logits, batch.targets, policy)

@@ -27,7 +27,7 @@ def ref_advantages(rewards, G, scale, eps):
     return out
 
 
-def ref_loss(lp, old, ref, adv, mask, beta, el, eh, agg, normalizer):
+def ref_loss(lp, old, ref, adv, mask, beta, el, eh, agg, normalizer, behavior=None, cap=None):
     B, T = len(lp), len(lp[0])
     per_seq, tok_sum, n_tok = [], 0.0, 0
     for b in range(B):
@@ -38,6 +38,8 @@ def ref_loss(lp, old, ref, adv, mask, beta, el, eh, agg, normalizer):
             ratio = math.exp(lp[b][t] - old[b][t])
             clipped = min(max(ratio, 1 - el), 1 + eh)
             term = max(-adv[b] * ratio, -adv[b] * clipped)
+            if behavior is not None:
+                term *= min(math.exp(old[b][t] - behavior[b][t]), cap)
             if ref is not None:
                 d = ref[b][t] - lp[b][t]
                 term += beta * (math.exp(d) - d - 1)
@@ -103,6 +105,33 @@ def test_loss_matches_reference(agg, beta, eps, normalizer, mu_gt_1):
         assert float(stats["clip_frac"]) > 0
     else:
         assert float(stats["clip_frac"]) == 0 and abs(float(stats["ratio"]) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("agg", ["seq-mean", "token-mean"])
+@pytest.mark.parametrize("mu_gt_1", [False, True])
+@pytest.mark.parametrize("cap", [2.0, 1.2])
+def test_stale_answers_are_weighted_by_the_truncated_importance_weight(agg, mu_gt_1, cap):
+    """Answers sampled by an older engine policy: each token's surrogate is scaled by min(pi_old / pi_engine, cap),
+    as a per-element reference computes it; the KL term is not reweighted."""
+    g = torch.Generator().manual_seed(2)
+    B, T = 6, 7
+    lp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    old = lp + (torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3 if mu_gt_1 else 0)
+    behavior = old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.6  # the stale engine's policy
+    ref = lp + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    mask = (torch.rand(B, T, generator=g) > 0.2).double()
+    loss, stats = grpo_loss(lp, old, adv, mask, ref_logprobs=ref, behavior_logprobs=behavior, tis_cap=cap, beta=0.04,
+                            loss_agg=agg)
+    expect = ref_loss(lp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.04, 0.2, 0.2, agg, None,
+                      behavior.tolist(), cap)
+    assert abs(float(loss) - expect) < 1e-6
+    assert 0 < float(stats["is_truncated_frac"]) < 1 and float(stats["is_weight_max"]) <= cap
+    # Engine and learner on the same weights: weight 1, the plain loss.
+    same, _ = grpo_loss(lp, old, adv, mask, ref_logprobs=ref, behavior_logprobs=old, tis_cap=cap, beta=0.04,
+                        loss_agg=agg)
+    plain, _ = grpo_loss(lp, old, adv, mask, ref_logprobs=ref, beta=0.04, loss_agg=agg)
+    assert abs(float(same) - float(plain)) < 1e-12
 
 
 def test_loss_gradient_raises_logprob_of_positive_advantage():
