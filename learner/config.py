@@ -47,8 +47,8 @@ class LearnerConfig(Strict):
     sync_bucket_mb: float = Field(256.0, gt=0)
     cpus_per_rank: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
-    shared_prefix: bool = Field(True, description="one prompt forward per group, its G answers attending to it (off "
-                                                  "with gradient_checkpointing, whose recompute would refill the cache)")
+    shared_prefix: bool = Field(True, description="each prompt encoded once per micro-batch, its answers packed after "
+                                                  "it behind a 4D attention mask (false: one full row per answer)")
 
     @model_validator(mode="after")
     def _devices_match_backends(self):

@@ -114,12 +114,12 @@ class LearnerRank:
         count = shard.num_tokens_global if self.grpo.loss_agg == "token-mean" else shard.num_items_global
         normalizer = count / scale
         dtype = self.engine.module.dtype
-        if self.cfg.shared_prefix and not self.cfg.gradient_checkpointing:
+        if self.cfg.shared_prefix:
             batches = [collate_shared(items, shard.prompts, self.engine.module, self.pad_id, self.device, dtype)
                        for items in micro]
 
             def logprobs(model, batch):
-                return shared_prefix_logprobs(model, batch, self.policy, self.model_config)
+                return shared_prefix_logprobs(model, batch, self.policy)
         else:
             batches = [collate(items, shard.prompts, self.model_config, self.pad_id, self.device, dtype)
                        for items in micro]

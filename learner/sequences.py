@@ -83,18 +83,19 @@ def response_logprobs(model, batch: Collated, policy: Policy) -> torch.Tensor:
 
 @dataclass
 class SharedBatch:
-    """A micro-batch laid out for the shared-prefix forward: each distinct prompt once, its answers as rows.
+    """A micro-batch packed for the shared-prefix forward: one row per distinct prompt, holding the prompt once and
+    then its answers in slots of T positions each; a 4D attention mask lets every answer see the prompt and its own
+    earlier tokens, never another answer.
 
-    Over the T answer positions: `mask`, `engine_logprobs` [R, T]; `advantages` [R]; `row_prompt` [R] is the
-    prompt (index into the prefix batch) of each answer row.
+    Over the T answer positions: `targets`, `mask`, `engine_logprobs` [R, T]; `advantages` [R]; `row_group` [R] is
+    the packed row of each answer and `logit_index` [R, T] where its logits sit in the kept window.
     """
 
-    prefix: dict[str, torch.Tensor]  # left-padded prompts [U, Lp] with their images and 3D positions
-    next_position: torch.Tensor  # [U] position of each prompt's first answer token
-    answers: torch.Tensor  # [R, T] answer ids (vision placeholders replaced by pad), right-padded
-    answer_attention: torch.Tensor  # [R, T]
-    targets: torch.Tensor  # [R, T] the ids whose log-probs are scored (the answers as sampled)
-    row_prompt: torch.Tensor  # [R]
+    inputs: dict[str, torch.Tensor]  # input_ids [U, L], 4D attention mask, 3D position ids, images
+    window: int  # logits kept: the prompt's last position and every answer slot
+    row_group: torch.Tensor  # [R]
+    logit_index: torch.Tensor  # [R, T]
+    targets: torch.Tensor  # [R, T]
     mask: torch.Tensor  # [R, T]
     engine_logprobs: torch.Tensor  # [R, T]
     advantages: torch.Tensor  # [R]
@@ -103,70 +104,78 @@ class SharedBatch:
 
 def collate_shared(items: list[TrainItem], prompts: dict[str, EncodedPrompt], model, pad_id: int, device,
                    dtype) -> SharedBatch:
-    """Group a micro-batch's answers under their prompts (first-seen order) for `shared_prefix_logprobs`."""
+    """Pack a micro-batch's answers under their prompts (first-seen order) for `shared_prefix_logprobs`: row u is
+    [left-padded prompt u | slot 0 | slot 1 | ...], each slot one answer right-padded to T."""
     config = model.config
     order = list(dict.fromkeys(it.sample_id for it in items))
     U, R = len(order), len(items)
     Lp = max(len(prompts[s].prompt_token_ids) for s in order)
     T = max(len(it.response_token_ids) for it in items)
-    ids = torch.full((U, Lp), pad_id, dtype=torch.long)
-    attention = torch.zeros((U, Lp), dtype=torch.long)
+    row_group = [order.index(it.sample_id) for it in items]
+    slot = [row_group[:r].count(g) for r, g in enumerate(row_group)]  # the answer's slot within its row
+    S = max(slot) + 1
+    L = Lp + S * T
+    ids = torch.full((U, L), pad_id, dtype=torch.long)
+    key_ok = torch.zeros((U, L), dtype=torch.bool)  # positions a query may attend to (not padding)
     for u, sid in enumerate(order):
         p = prompts[sid].prompt_token_ids
-        ids[u, Lp - len(p):] = torch.tensor(p)
-        attention[u, Lp - len(p):] = 1
-    types = mm_token_type_ids(ids, config)
+        ids[u, Lp - len(p) : Lp] = torch.tensor(p)
+        key_ok[u, Lp - len(p) : Lp] = True
     # torch.tensor copies: arrays from Ray's object store are read-only.
     grid = torch.cat([torch.tensor(prompts[s].image_grid_thw) for s in order])
-    positions, _ = model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=attention)
+    prompt_types = mm_token_type_ids(ids[:, :Lp], config)
+    prompt_pos, _ = model.model.get_rope_index(ids[:, :Lp], prompt_types, image_grid_thw=grid,
+                                               attention_mask=key_ok[:, :Lp].long())
+    next_pos = prompt_pos.amax(dim=(0, 2)) + 1  # [U] each prompt's first answer position
+    positions = torch.zeros((3, U, L), dtype=torch.long)
+    positions[:, :, :Lp] = prompt_pos
     vision_ids = torch.tensor(sorted(i for i in (config.image_token_id, config.video_token_id) if i is not None))
-    answers = torch.full((R, T), pad_id, dtype=torch.long)
     targets = torch.full((R, T), pad_id, dtype=torch.long)
-    answer_attention = torch.zeros((R, T), dtype=torch.long)
     mask = torch.zeros((R, T), dtype=torch.float32)
     engine_lp = torch.zeros((R, T), dtype=torch.float32)
+    logit_index = torch.zeros((R, T), dtype=torch.long)
     masked = 0
     for r, it in enumerate(items):
+        u, k, n = row_group[r], slot[r], len(it.response_token_ids)
         response = torch.tensor(it.response_token_ids, dtype=torch.long)
-        bad = torch.isin(response, vision_ids)
+        bad = torch.isin(response, vision_ids)  # a generated placeholder would be taken for an image slot
         masked += int(bad.sum())
-        n = len(response)
+        start = Lp + k * T
+        ids[u, start : start + n] = torch.where(bad, torch.tensor(pad_id), response)
+        key_ok[u, start : start + n] = True
+        positions[:, u, start : start + T] = next_pos[u] + torch.arange(T)
         targets[r, :n] = response
-        answers[r, :n] = torch.where(bad, torch.tensor(pad_id), response)
-        answer_attention[r, :n] = 1
         mask[r, :n] = (~bad).float()
         engine_lp[r, :n] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
-    prefix = dict(
+        # Window index 0 is the prompt's last position (predicts token 0); token t > 0 is predicted at slot
+        # position t - 1, window index 1 + k * T + t - 1.
+        logit_index[r] = torch.where(torch.arange(T) == 0, 0, k * T + torch.arange(T))
+    segment = torch.full((L,), -1, dtype=torch.long)  # -1: prompt, k: answer slot k
+    segment[Lp:] = torch.arange(S).repeat_interleave(T)
+    index = torch.arange(L)
+    causal = index[None, :] <= index[:, None]
+    visible = causal & ((segment[None, :] == -1) | (segment[None, :] == segment[:, None]))  # [L, L]
+    allowed = visible[None] & key_ok[:, None, :]
+    allowed |= torch.eye(L, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax row)
+    attention = torch.zeros((U, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    inputs = dict(
         input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-        mm_token_type_ids=types.to(device), image_grid_thw=grid.to(device),
+        image_grid_thw=grid.to(device),
         pixel_values=torch.cat([torch.tensor(prompts[s].pixel_values) for s in order]).to(device, dtype),
     )
     return SharedBatch(
-        prefix=prefix, next_position=(positions.amax(dim=(0, 2)) + 1).to(device), answers=answers.to(device),
-        answer_attention=answer_attention.to(device), targets=targets.to(device),
-        row_prompt=torch.tensor([order.index(it.sample_id) for it in items], device=device),
-        mask=mask.to(device), engine_logprobs=engine_lp.to(device),
+        inputs=inputs, window=S * T + 1, row_group=torch.tensor(row_group, device=device),
+        logit_index=logit_index.to(device), targets=targets.to(device), mask=mask.to(device),
+        engine_logprobs=engine_lp.to(device),
         advantages=torch.tensor([it.advantage for it in items], dtype=torch.float32, device=device),
         num_masked_vision_tokens=masked,
     )
 
 
-def shared_prefix_logprobs(model, batch: SharedBatch, policy: Policy, config) -> torch.Tensor:
-    """Log-probs [R, T] of every answer token, each prompt (and its image) encoded once: the prompt forward fills a
-    KV cache, which is indexed out to the prompt's answer rows (a differentiable gather, so gradients from every
-    answer accumulate into the one prompt forward), and all answers then run as one batch against it. The same
-    numbers and gradients as `response_logprobs` over G full rows, at a fraction of the prompt tokens."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=config)
-    out = model(**batch.prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1][batch.row_prompt]  # [R, V] predicts each answer's first token
-    cache.batch_select_indices(batch.row_prompt)
-    R, T = batch.answers.shape
-    attention = torch.cat([batch.prefix["attention_mask"][batch.row_prompt], batch.answer_attention], dim=1)
-    steps = torch.arange(T, device=batch.answers.device)
-    positions = (batch.next_position[batch.row_prompt][:, None] + steps).unsqueeze(0).expand(3, R, T)
-    logits = model(input_ids=batch.answers, attention_mask=attention, position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits  # [R, T, V]; position t predicts token t + 1
-    logits = torch.cat([first.unsqueeze(1), logits[:, :-1]], dim=1)
+def shared_prefix_logprobs(model, batch: SharedBatch, policy: Policy) -> torch.Tensor:
+    """Log-probs [R, T] of every answer token with each prompt (and its image) encoded once, in one forward: the
+    same numbers and gradients as `response_logprobs` over G full rows (gradients from every answer accumulate
+    into the one prompt), for a fraction of the prompt tokens."""
+    window = model(**batch.inputs, use_cache=False, logits_to_keep=batch.window).logits  # [U, window, V]
+    logits = window[batch.row_group[:, None], batch.logit_index]  # [R, T, V]
     return token_logprobs(logits, batch.targets, policy)

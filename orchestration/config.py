@@ -72,6 +72,10 @@ class TrainConfig(Strict):
     eval_every: int = Field(0, ge=0, description="0: evaluate only before and after training")
     output_dir: str = "outputs/run"
     export_final: bool = Field(True, description="write a from_pretrained checkpoint of the policy at the end")
+    max_staleness: int = Field(0, ge=0, le=1, description="0: each step's answers come from the current weights; "
+                                                           "1: the engines generate step t+1 while the learner "
+                                                           "trains step t (answers one update old, corrected by "
+                                                           "grpo.tis_cap)")
     checkpoint_every: int = Field(100, ge=0, description="steps between resumable checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
 

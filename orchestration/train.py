@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,62 @@ def eval_reward(services: Services, cfg: RunConfig, eval_prompts: tuple[list, li
     return {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
 
 
+@dataclass
+class StepBatch:
+    """One step's prompts with their scored groups, and the sampler's state right after they were drawn."""
+
+    samples: list[Sample]
+    prompts: list
+    groups: list
+    metrics: dict[str, float]
+    draw_state: tuple[dict, int]  # (PromptSampler.state(), skipped count) after this step's draw
+
+
+class StepRollouts:
+    """Each step's answers: generated when the step asks for them (train.max_staleness 0), or one step ahead in a
+    background thread while the learner trains (max_staleness 1: the engines generate step t+1 with the weights
+    of step t-1, the loss corrects with the truncated importance weight). Prompts are drawn in step order either
+    way, and seeds follow the step, so both modes train on the same prompts."""
+
+    def __init__(self, services: Services, cfg: RunConfig, processor, sampler, skipped, sampling: SamplingParams):
+        self.services, self.cfg, self.processor = services, cfg, processor
+        self.sampler, self.skipped, self.sampling = sampler, skipped, sampling
+        self.ahead = cfg.train.max_staleness > 0
+        self._pool = ThreadPoolExecutor(max_workers=1) if self.ahead else None
+        self._pending: tuple[int, Future] | None = None
+
+    def _generate(self, step: int) -> StepBatch:
+        samples, prompts, contexts = draw_prompts(self.processor, self.cfg, self.sampler,
+                                                  self.cfg.train.prompts_per_step, self.skipped)
+        draw_state = (self.sampler.state(), self.skipped.count)
+        seeded = replace(self.sampling, seed=self.cfg.train.seed + step * 100_003)
+        if self._pool is None:
+            return StepBatch(samples, prompts, *generate_and_score(self.services, prompts, contexts, seeded),
+                             draw_state)
+        future = self._pool.submit(generate_and_score, self.services, prompts, contexts, seeded)
+        return StepBatch(samples, prompts, future, {}, draw_state)  # groups: a Future until `take` resolves it
+
+    def take(self, step: int, last: int) -> StepBatch:
+        """Step `step`'s scored groups; in the ahead mode this also starts generating step + 1."""
+        if self._pending is not None and self._pending[0] == step:
+            batch = self._pending[1]
+        else:
+            batch = self._generate(step)
+        self._pending = (step + 1, self._generate(step + 1)) if self.ahead and step < last else None
+        if isinstance(batch.groups, Future):
+            batch.groups, batch.metrics = batch.groups.result()
+        return batch
+
+    def settle(self) -> None:
+        """Wait for the generation in flight (the engines and the reward pool are then free, e.g. for eval)."""
+        if self._pending is not None:
+            self._pending[1].groups.exception()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """Run GRPO for `train.steps` steps; `resume` ("auto" or a checkpoint directory) continues a run exactly."""
     out_dir = Path(cfg.train.output_dir)
@@ -94,7 +151,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     tracker = Tracker(cfg, out_dir, resume_step=state.step if state else None,
                       run_id=state.wandb_id if state else None)
     start_ray(cfg)
-    services = None
+    services = rollouts = None
     history: list[dict[str, float]] = []
     try:
         t0 = time.perf_counter()
@@ -117,33 +174,37 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
 
         bar = tqdm(range(first_step, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout,
                    dynamic_ncols=True, initial=first_step - 1, total=cfg.train.steps)
+        rollouts = StepRollouts(services, cfg, processor, sampler, skipped, sampling)
         for step in bar:
             t_step = time.perf_counter()
-            samples, prompts, contexts = draw_prompts(processor, cfg, sampler, cfg.train.prompts_per_step, skipped)
-            seeded = replace(sampling, seed=cfg.train.seed + step * 100_003)
-            groups, metrics = generate_and_score(services, prompts, contexts, seeded)
+            batch = rollouts.take(step, last=cfg.train.steps)
+            metrics = batch.metrics
+            metrics.update(staleness_metrics(batch.groups, version))
 
             t_train = time.perf_counter()
-            shards = make_shards(groups, prompts, cfg.learner.num_ranks, cfg.grpo.group_size,
+            shards = make_shards(batch.groups, batch.prompts, cfg.learner.num_ranks, cfg.grpo.group_size,
                                  cfg.grpo.scale_rewards, cfg.grpo.advantage_eps)
             rank_metrics = get_learners([l.train_step.remote(s) for l, s in zip(services.learners, shards)])
             metrics.update(_merge_rank_metrics(rank_metrics))
             metrics["time/train_s"] = time.perf_counter() - t_train
 
             version += 1
-            metrics.update(sync_weights(services, version))
+            metrics.update(sync_weights(services, version))  # queued behind any generation in flight
             metrics["policy/version"] = float(version)
-            metrics["data/skipped"] = float(skipped.count)
+            metrics["data/skipped"] = float(batch.draw_state[1])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                rollouts.settle()
                 metrics.update(eval_reward(services, cfg, eval_prompts))
             if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 t_ckpt = time.perf_counter()
-                checkpoint.save(services, checkpoint.RunState(step, version, sampler.state(), skipped.count, before,
-                                                              tracker.run_id), out_dir, cfg.train.keep_checkpoints)
+                rollouts.settle()
+                # The sampler as it was after this step's draw: a resumed run draws step + 1 again.
+                state = checkpoint.RunState(step, version, *batch.draw_state, before, tracker.run_id)
+                checkpoint.save(services, state, out_dir, cfg.train.keep_checkpoints)
                 metrics["time/checkpoint_s"] = time.perf_counter() - t_ckpt
             metrics["time/step_s"] = time.perf_counter() - t_step
             tracker.log(metrics, step=step)
-            tracker.log_samples([s.id for s in samples], step=step)
+            tracker.log_samples([s.id for s in batch.samples], step=step)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", lp_diff=f"{metrics['sampling/logprob_diff']:.1e}",
                             step_s=f"{metrics['time/step_s']:.1f}")
@@ -156,8 +217,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         print(f"eval reward: before {before:.3f} -> after {after['eval/mean']:.3f}", flush=True)
         return TrainResult(before, after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir, history)
     finally:
+        if rollouts is not None:
+            rollouts.close()
         tracker.finish()
         shutdown(services)
+
+
+def staleness_metrics(groups, learner_version: int) -> dict[str, float]:
+    """How many updates behind the learner the answers' sampling policy is (0 for strictly on-policy steps)."""
+    lag = np.array([learner_version - s.rollout.policy_version for g in groups for s in g], dtype=np.float64)
+    return {"policy/staleness": float(lag.max()), "policy/staleness_mean": float(lag.mean())}
 
 
 def _merge_rank_metrics(ranks: list[dict[str, float]]) -> dict[str, float]:

@@ -55,10 +55,10 @@ def test_same_logprobs_and_gradients_as_full_rows(setup, policy):
     grads_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     shared = collate_shared(items, prompts, model, 0, "cpu", torch.float32)
-    assert shared.prefix["input_ids"].shape[0] == 2 and shared.answers.shape[0] == 6
+    assert shared.inputs["input_ids"].shape[0] == 2 and shared.targets.shape[0] == 6  # 2 rows hold 6 answers
     assert shared.num_masked_vision_tokens == full.num_masked_vision_tokens == 1
     model.zero_grad()
-    lp_shared = shared_prefix_logprobs(model, shared, policy, model.config)
+    lp_shared = shared_prefix_logprobs(model, shared, policy)
     _loss(lp_shared, shared.mask, shared.advantages).backward()
     grads_shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
