@@ -1,4 +1,4 @@
-"""A torch.distributed process group outside the default one, for learner rank 0 -> engines weight broadcast.
+"""A torch.distributed process group outside the default one, for the learner ranks -> engines weight transfer.
 
 DeepSpeed owns each learner process's default group, and the engines are other processes, so the sync group is
 built directly from a TCPStore (gloo on CPU, NCCL on GPU), the same code for both backends.
@@ -30,18 +30,34 @@ class ParamMeta:
         return n
 
 
-WeightPlan = list[list[ParamMeta]]  # buckets, each broadcast as one flat tensor of one dtype
+@dataclass
+class WeightPlan:
+    """What the engines receive at every sync: buckets of parameters, each sent by every one of the `sources`
+    learner ranks as the concatenation of its ZeRO-3 partitions. Rank r holds elements [r * ps, (r + 1) * ps) of
+    each flattened parameter, ps = ceil(numel / sources), the last partition zero-padded (DeepSpeed's layout), so no
+    rank ever gathers the full weights: the engine assembles them."""
+
+    buckets: list[list[ParamMeta]]
+    sources: int
+
+    def partition_numel(self, meta: ParamMeta) -> int:
+        return -(-meta.numel // self.sources)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.numel * torch_dtype(m.dtype).itemsize for b in self.buckets for m in b)
 
 
-def plan_to_wire(plan: WeightPlan) -> list[list[list]]:
+def plan_to_wire(plan: WeightPlan) -> list:
     """The plan as plain lists, the only form that crosses vLLM's msgspec `collective_rpc` serialiser intact."""
-    return [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in plan]
+    return [plan.sources, [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in plan.buckets]]
 
 
 def plan_from_wire(wire) -> WeightPlan:
     """Inverse of `plan_to_wire` (msgspec may hand back lists where tuples went in)."""
-    return [[ParamMeta(str(name), tuple(int(s) for s in shape), str(dtype)) for name, shape, dtype in bucket]
-            for bucket in wire]
+    sources, buckets = wire
+    return WeightPlan([[ParamMeta(str(name), tuple(int(s) for s in shape), str(dtype)) for name, shape, dtype in b]
+                       for b in buckets], int(sources))
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -80,40 +96,42 @@ def create_sync_group(
     raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
-def unflatten_bucket(flat: torch.Tensor, bucket: list[ParamMeta]) -> list[tuple[str, torch.Tensor]]:
-    """Split a received flat bucket back into named, shaped views."""
-    out, offset = [], 0
-    for meta in bucket:
-        out.append((meta.name, flat[offset : offset + meta.numel].view(meta.shape)))
-        offset += meta.numel
-    if offset != flat.numel():
-        raise ValueError(f"bucket size mismatch: plan has {offset} elements, received {flat.numel()}")
-    return out
-
-
-def broadcast_from_rank0(group: dist.ProcessGroup, tensor: torch.Tensor):
-    """Start broadcasting `tensor` from sync rank 0 (in place on receivers); returns the work handle to wait on."""
-    return group.broadcast(tensor, 0)
-
-
-def send_buckets(group: dist.ProcessGroup, buckets: Iterable[list[tuple[str, torch.Tensor]]]) -> int:
-    """Sync rank 0: broadcast each bucket as one flat tensor, flattening the next while one is in flight.
-    Returns the bytes sent."""
-    pending, nbytes = None, 0
-    for bucket in buckets:
-        flat = torch.cat([t.reshape(-1) for _, t in bucket])
-        if pending is not None:
-            pending.wait()
-        pending = broadcast_from_rank0(group, flat)
-        nbytes += flat.numel() * flat.element_size()
-    if pending is not None:
-        pending.wait()
+def send_partitions(group: dist.ProcessGroup, flats: Iterable[torch.Tensor], destinations: range) -> int:
+    """A learner rank: send each bucket's flat partitions to every engine, preparing the next bucket while up to
+    two are in flight. Returns the bytes sent."""
+    in_flight: list[list] = []
+    nbytes = 0
+    for tag, flat in enumerate(flats):
+        in_flight.append([flat, *(group.send([flat], dst, tag) for dst in destinations)])
+        nbytes += flat.numel() * flat.element_size() * len(destinations)
+        if len(in_flight) > 2:
+            for work in in_flight.pop(0)[1:]:
+                work.wait()
+    for _, *works in in_flight:
+        for work in works:
+            work.wait()
     return nbytes
 
 
+def receive_partitions(group: dist.ProcessGroup, plan: WeightPlan,
+                       device) -> Iterator[tuple[ParamMeta, list[torch.Tensor]]]:
+    """An engine: every parameter of `plan` as (meta, its partitions from learner rank 0, 1, ...), views into the
+    receive buffers, bucket by bucket as the learner ranks send them. The last partition may run past the
+    parameter's end (DeepSpeed's zero padding)."""
+    for tag, bucket in enumerate(plan.buckets):
+        sizes = [plan.partition_numel(m) for m in bucket]
+        parts = [torch.empty(sum(sizes), dtype=torch_dtype(bucket[0].dtype), device=device)
+                 for _ in range(plan.sources)]
+        for work in [group.recv([part], src, tag) for src, part in enumerate(parts)]:
+            work.wait()
+        offset = 0
+        for meta, size in zip(bucket, sizes):
+            yield meta, [part[offset : offset + size] for part in parts]
+            offset += size
+
+
 def receive_buckets(group: dist.ProcessGroup, plan: WeightPlan, device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Engines: (name, full tensor) for every parameter of `plan`, received bucket by bucket as rank 0 sends."""
-    for bucket in plan:
-        flat = torch.empty(sum(m.numel for m in bucket), dtype=torch_dtype(bucket[0].dtype), device=device)
-        broadcast_from_rank0(group, flat).wait()
-        yield from unflatten_bucket(flat, bucket)
+    """An engine: (name, full tensor) for every parameter of `plan`, assembled from the learner ranks' partitions."""
+    for meta, pieces in receive_partitions(group, plan, device):
+        full = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        yield meta.name, full[: meta.numel].view(meta.shape)

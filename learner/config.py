@@ -44,7 +44,8 @@ class LearnerConfig(Strict):
     )
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     sync_backend: Literal["gloo", "nccl"] = "gloo"
-    sync_bucket_mb: float = Field(256.0, gt=0)
+    sync_bucket_mb: float = Field(64.0, gt=0, description="weights per sync bucket: the next one is prepared while "
+                                                         "one is in flight")
     cpus_per_rank: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     shared_prefix: bool = Field(True, description="each prompt encoded once per micro-batch, its answers packed after "

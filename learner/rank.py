@@ -14,7 +14,7 @@ import torch
 
 from common.policy import eos_token_ids, model_policy
 from common.records import TrainShard
-from common.sync_group import create_sync_group, send_buckets
+from common.sync_group import create_sync_group, send_partitions
 from learner.config import GRPOConfig, LearnerConfig
 from learner.grpo import grpo_loss
 from learner.sequences import collate, collate_shared, response_logprobs, shared_prefix_logprobs
@@ -97,7 +97,8 @@ class LearnerRank:
         self.pad_id = tokenizer.pad_token_id
         eos = eos_token_ids(self.engine.module.generation_config, tokenizer)
         self.policy = model_policy(tokenizer, self.model_config, eos, allowed_tokens, **sampling)
-        self.weights = ZeroWeightSource(self.engine.module, bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
+        self.weights = ZeroWeightSource(self.engine.module, world_size,
+                                        bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
         self._sync_group = None
         self.updates = 0
 
@@ -185,20 +186,18 @@ class LearnerRank:
         return self.weights.plan
 
     def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
-        """Rank 0 hosts the sync group (rank 0 of it); other ranks only take part in the gathers."""
-        if self.rank == 0:
-            self._sync_group = create_sync_group(self.cfg.sync_backend, host, port, 0, world_size)
+        """Join the sync group: learner rank r is its rank r (rank 0 hosts it), engine i its rank num_ranks + i."""
+        self._sync_group = create_sync_group(self.cfg.sync_backend, host, port, self.rank, world_size)
+        self._engine_ranks = range(self.world_size, world_size)
 
     def sync_weights(self) -> dict[str, float]:
-        """Gather each bucket on every rank; rank 0 broadcasts it while the next one is gathered."""
+        """Send this rank's ZeRO-3 partitions of every bucket to every engine (no gather on the learner side)."""
         t0 = time.perf_counter()
-        nbytes = 0
-        if self.rank == 0 and self._sync_group is not None:
-            nbytes = send_buckets(self._sync_group, self.weights.iter_buckets())
-        else:
-            for _ in self.weights.iter_buckets():  # the gathers are collectives: every rank takes part
-                pass
-        return {"sync/bytes": float(nbytes), "sync/rank_s": time.perf_counter() - t0}
+        if self._sync_group is None:
+            raise RuntimeError("sync_weights called before init_weight_sync")
+        sent = send_partitions(self._sync_group, self.weights.iter_partitions(), self._engine_ranks)
+        return {"sync/bytes": float(self.weights.plan.nbytes), "sync/sent_bytes": float(sent),
+                "sync/rank_s": time.perf_counter() - t0}
 
     # ---- inspection and checkpoints ---------------------------------------------------------------------------
     def state_checksums(self) -> dict[str, float]:

@@ -1,8 +1,9 @@
-"""Full parameters out of a ZeRO-3 model, gathered in buckets: the one thing weight sync needs from the learner.
+"""The learner's weights as the engines need them: bucketed, named, and straight from the ZeRO-3 partitions.
 
-On CPU `iter_buckets()` feeds the gloo broadcast to the transformers engines; on GPU `iter_full()` backs vLLM's
-`WeightSource` for its NCCL weight transfer. Names are the model's `named_parameters()` names, the same names a
-`from_pretrained` model on the engine side has.
+At a sync every learner rank sends the partitions it holds (no rank gathers the full weights; the engines assemble
+them, `common/sync_group.py`). `iter_buckets` / `iter_full` gather full tensors for the few callers that need them
+whole (checksums in tests, the final from_pretrained export). Names are the model's `named_parameters()` names, the
+same a `from_pretrained` model on the engine side has.
 """
 from __future__ import annotations
 
@@ -23,45 +24,53 @@ def full_shape(p: torch.nn.Parameter) -> tuple[int, ...]:
 
 
 class ZeroWeightSource:
-    """Bucketed gathering of a (possibly ZeRO-3 partitioned) model's parameters.
+    """Bucketed access to a ZeRO-3 partitioned model's parameters (buckets of one dtype, about `bucket_bytes`)."""
 
-    Every learner rank must iterate together: each bucket's gather is a collective.
-    """
-
-    def __init__(self, model: torch.nn.Module, bucket_bytes: int = 256 << 20):
+    def __init__(self, model: torch.nn.Module, world_size: int, bucket_bytes: int = 64 << 20):
         self.named = [(n, p) for n, p in model.named_parameters()]
-        self.plan: WeightPlan = []
+        self.world_size = world_size
+        buckets: list[list[ParamMeta]] = []
         self._bucket_params: list[list[torch.nn.Parameter]] = []
         current: list[tuple[str, torch.nn.Parameter]] = []
         size = 0
-        for name, p in self.named:
-            nbytes = full_numel(p) * p.element_size()
-            if current and (size + nbytes > bucket_bytes or p.dtype != current[0][1].dtype):
-                self._close(current)
+        for name, p in self.named + [(None, None)]:
+            if current and (p is None or size + full_numel(p) * p.element_size() > bucket_bytes
+                            or p.dtype != current[0][1].dtype):
+                buckets.append([ParamMeta(n, full_shape(q), str(q.dtype).removeprefix("torch.")) for n, q in current])
+                self._bucket_params.append([q for _, q in current])
                 current, size = [], 0
-            current.append((name, p))
-            size += nbytes
-        if current:
-            self._close(current)
+            if p is not None:
+                current.append((name, p))
+                size += full_numel(p) * p.element_size()
+        self.plan = WeightPlan(buckets, sources=world_size)
 
-    def _close(self, bucket: list[tuple[str, torch.nn.Parameter]]) -> None:
-        self.plan.append([
-            ParamMeta(n, full_shape(p), str(p.dtype).removeprefix("torch.")) for n, p in bucket
-        ])
-        self._bucket_params.append([p for _, p in bucket])
+    def iter_partitions(self) -> Iterator[torch.Tensor]:
+        """This rank's part of each bucket: its ZeRO-3 partitions (`ds_tensor`) of the bucket's parameters, flat
+        and in plan order. Local: no communication."""
+        for metas, params in zip(self.plan.buckets, self._bucket_params):
+            yield torch.cat([self._partition(p, m) for p, m in zip(params, metas)])
 
-    def metadata(self) -> list[ParamMeta]:
-        return [m for bucket in self.plan for m in bucket]
+    def _partition(self, p: torch.nn.Parameter, meta: ParamMeta) -> torch.Tensor:
+        if hasattr(p, "ds_tensor"):
+            part = p.ds_tensor.data.view(-1)
+            if part.numel() != self.plan.partition_numel(meta):
+                raise ValueError(f"{meta.name}: ZeRO-3 partition of {part.numel()} elements, expected "
+                                 f"{self.plan.partition_numel(meta)} (ceil({meta.numel} / {self.world_size}))")
+            return part
+        if self.world_size != 1:
+            raise ValueError(f"{meta.name} is not ZeRO-3 partitioned, but there are {self.world_size} learner ranks")
+        return p.data.view(-1)
 
     def iter_buckets(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """Yield each bucket's full tensors; they are valid only until the next item is requested."""
+        """Each bucket's full tensors, gathered (a collective: every rank iterates together); valid only until the
+        next bucket is requested."""
         import deepspeed
 
-        for metas, params in zip(self.plan, self._bucket_params):
+        for metas, params in zip(self.plan.buckets, self._bucket_params):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 yield [(m.name, p.data.view(m.shape)) for m, p in zip(metas, params)]
 
     def iter_full(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (name, full tensor) for every parameter, gathering bucket by bucket."""
+        """(name, full tensor) for every parameter, gathering bucket by bucket."""
         for bucket in self.iter_buckets():
             yield from bucket

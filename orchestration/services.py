@@ -139,12 +139,13 @@ def start_services(cfg: RunConfig, model_path: str) -> Services:
 
 
 def connect_sync_group(services: Services) -> None:
-    """(Re)build the weight-sync group: learner rank 0 is its rank 0, engine i its rank i + 1. Rebuilt whenever
-    an engine is replaced; every member joins the new group."""
+    """(Re)build the weight-sync group: learner rank r is its rank r, engine i its rank num_ranks + i. Rebuilt
+    whenever an engine is replaced; every member joins the new group."""
     host, port = get_learners([services.learners[0].address.remote()])[0]
-    world = 1 + len(services.engines)
-    refs = [services.learners[0].init_weight_sync.remote(host, port, world)]
-    refs += [e.init_weight_sync.remote(services.cfg.learner.sync_backend, host, port, i + 1, world)
+    n = len(services.learners)
+    world = n + len(services.engines)
+    refs = [learner.init_weight_sync.remote(host, port, world) for learner in services.learners]
+    refs += [e.init_weight_sync.remote(services.cfg.learner.sync_backend, host, port, n + i, world)
              for i, e in enumerate(services.engines)]
     get_learners(refs)
 

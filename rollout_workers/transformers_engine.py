@@ -17,7 +17,7 @@ import torch
 
 from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
-from common.sync_group import WeightPlan, create_sync_group, receive_buckets, torch_dtype
+from common.sync_group import WeightPlan, create_sync_group, receive_partitions, torch_dtype
 from common.vision import mm_token_type_ids
 
 
@@ -147,23 +147,35 @@ class TransformersEngine:
         """Join the sync group whose rank 0 is learner rank 0."""
         self._sync_group = create_sync_group(backend, host, port, rank, world_size)
 
+    @torch.no_grad()
     def receive_weights(self, version: int, plan: WeightPlan) -> int:
-        """Receive every bucket broadcast by learner rank 0 and load it by name; returns the new version."""
+        """Receive every learner rank's partitions and copy each straight into its slice of the parameter (one
+        copy, no full tensor assembled); returns the new version."""
         if self._sync_group is None:
             raise RuntimeError("receive_weights called before init_weight_sync")
-        self.load_weights(version, receive_buckets(self._sync_group, plan, self.device))
+        for meta, pieces in receive_partitions(self._sync_group, plan, self.device):
+            flat = self._param(meta.name, meta.shape).data.view(-1)
+            offset = 0
+            for piece in pieces:
+                n = min(piece.numel(), meta.numel - offset)
+                flat[offset : offset + n].copy_(piece[:n])
+                offset += n
+        self.version = version
         return version
+
+    def _param(self, name: str, shape) -> torch.nn.Parameter:
+        param = self._params.get(name)
+        if param is None:
+            raise KeyError(f"engine model has no parameter named {name!r}")
+        if tuple(param.shape) != tuple(shape):
+            raise ValueError(f"shape mismatch for {name!r}: engine {tuple(param.shape)} vs {tuple(shape)}")
+        return param
 
     @torch.no_grad()
     def load_weights(self, version: int, named_tensors) -> int:
         """Copy full tensors into the parameters of the same name (unknown names are an error, not skipped)."""
         for name, tensor in named_tensors:
-            param = self._params.get(name)
-            if param is None:
-                raise KeyError(f"engine model has no parameter named {name!r}")
-            if tuple(param.shape) != tuple(tensor.shape):
-                raise ValueError(f"shape mismatch for {name!r}: engine {tuple(param.shape)} vs {tuple(tensor.shape)}")
-            param.copy_(tensor)
+            self._param(name, tensor.shape).copy_(tensor)
         self.version = version
         return version
 

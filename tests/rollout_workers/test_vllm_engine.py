@@ -12,7 +12,7 @@ import torch
 
 from common.policy import token_logprobs
 from common.records import SamplingParams
-from common.sync_group import create_sync_group, free_port, send_buckets
+from common.sync_group import ParamMeta, WeightPlan, create_sync_group, free_port, send_partitions
 from common.vision import encode_prompt, mm_token_type_ids
 
 pytestmark = [
@@ -93,16 +93,16 @@ def test_weight_sync_over_the_group_reaches_the_vllm_worker(engine_setup):
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     named = [(n, p.detach()) for n, p in updated.named_parameters()]
     buckets = [named[i : i + 10] for i in range(0, len(named), 10)]  # several buckets, as the learner sends them
-    from common.sync_group import ParamMeta
-
-    plan = [[ParamMeta(n, tuple(t.shape), "float32") for n, t in b] for b in buckets]
+    # One learner rank holds everything: its "partition" of each parameter is the whole of it.
+    plan = WeightPlan([[ParamMeta(n, tuple(t.shape), "float32") for n, t in b] for b in buckets], sources=1)
+    flats = [torch.cat([t.reshape(-1) for _, t in b]) for b in buckets]
     host, port = free_port()
     holder = {}
     rank0 = threading.Thread(target=lambda: holder.update(group=create_sync_group("gloo", host, port, 0, 2)))
     rank0.start()
     engine.init_weight_sync("gloo", host, port, 1, 2)
     rank0.join(timeout=120)
-    sender = threading.Thread(target=lambda: holder.update(sent=send_buckets(holder["group"], buckets)))
+    sender = threading.Thread(target=lambda: holder.update(sent=send_partitions(holder["group"], flats, range(1, 2))))
     sender.start()
     assert engine.receive_weights(7, plan) == 7 and engine.policy_version() == 7
     sender.join(timeout=120)
