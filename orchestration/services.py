@@ -95,7 +95,11 @@ def _threads(cpus: float) -> str:
 def start_engine(cfg: RunConfig, model_path: str):
     """One engine actor of `rollout.backend`, with the threads (and, for vLLM on CPU, the KV cache) it may use."""
     r = cfg.rollout
-    env = {"OMP_NUM_THREADS": _threads(r.cpus_per_engine), "TOKENIZERS_PARALLELISM": "false"}
+    # Steps that alternate generate and train leave the learners idle while the engine generates: it may use every
+    # core then. With generation overlapping training (max_staleness 1) it keeps to its own share.
+    all_cores = r.device == "cpu" and cfg.train.max_staleness == 0
+    threads = r.num_threads or (os.cpu_count() if all_cores else int(_threads(r.cpus_per_engine)))
+    env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     vllm_kwargs = {}
     if r.backend == "vllm":
         vllm_kwargs = dict(gpu_memory_utilization=r.gpu_memory_utilization, seed=cfg.train.seed,
@@ -105,7 +109,7 @@ def start_engine(cfg: RunConfig, model_path: str):
             env["VLLM_CPU_OMP_THREADS_BIND"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     return EngineActor.options(
         num_cpus=r.cpus_per_engine, num_gpus=1 if r.device == "cuda" else 0, runtime_env={"env_vars": env},
-    ).remote(r.backend, model_path, r.device, r.dtype, num_threads=int(_threads(r.cpus_per_engine)),
+    ).remote(r.backend, model_path, r.device, r.dtype, num_threads=threads,
              allowed_tokens=r.allowed_tokens, **vllm_kwargs)
 
 

@@ -22,6 +22,9 @@ class RolloutConfig(BaseModel):
                           "engine and learner compute log-probs over them alone"
     )
     cpus_per_engine: float = Field(1.0, gt=0)
+    num_threads: int | None = Field(None, ge=1, description="CPU threads of a transformers engine; None: every core "
+                                                            "while learners idle (strictly on-policy steps), else "
+                                                            "cpus_per_engine")
     calls_per_engine: int = Field(2, ge=1, description="generate calls an engine's share of a step is split into: "
                                                        "the first call's groups are scored while the next generates")
     generate_timeout_s: float = Field(1800.0, gt=0, description="an engine that returns nothing for this long is "
