@@ -8,7 +8,7 @@ ARGS   ?=
 # TASK=colour is the learnable demo; the four perception tasks share demo_cpu_perception.yaml.
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_perception.yaml data.task=$(TASK) train.output_dir=outputs/demo_$(TASK))
 
-.PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench soak clean
+.PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,13 @@ train-coco: setup-gpu
 
 bench: setup
 	$(PY) -m reward_service.bench
+
+# The project against TRL's GRPOTrainer (the `bench` extra), same checkpoint, scenes, G, lengths and beta
+setup-bench: setup
+	$(VENV)/bin/pip install --quiet -e ".[bench,test]"
+
+bench-train: setup-bench
+	$(PY) -m orchestration.bench_train $(ARGS)
 
 # 200 demo steps; resident memory of every process of the run at steps 20 and 200 (fails past 10 % growth)
 soak: setup

@@ -17,6 +17,7 @@ per batch, the policy having moved) could otherwise give it probability 0 and a 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -44,18 +45,27 @@ class Policy:
         return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _vocabulary_terms(allowed_ids, suppressed_ids, V: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(mask of ids outside the answer vocabulary, logit bias of suppressed ids) as [V] tensors, built once."""
+    outside = bias = None
+    if allowed_ids is not None:
+        outside = torch.ones(V, dtype=torch.bool, device=device)
+        outside[torch.tensor(allowed_ids, device=device)] = False
+    if suppressed_ids:
+        bias = torch.zeros(V, device=device)
+        bias[torch.tensor(suppressed_ids, device=device)] = SUPPRESS_BIAS
+    return outside, bias
+
+
 def processed_logits(logits: torch.Tensor, policy: Policy, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [..., V] -> float32 logits of the policy (-inf where it cannot sample); `keep` [...] are token ids
     that stay inside the top-k/top-p set whatever their rank (the learner passes the sampled tokens)."""
     z = logits.float()
-    V = z.shape[-1]
-    if policy.allowed_ids is not None:
-        outside = torch.ones(V, dtype=torch.bool, device=z.device)
-        outside[torch.tensor(policy.allowed_ids, device=z.device)] = False
+    outside, bias = _vocabulary_terms(policy.allowed_ids, policy.suppressed_ids, z.shape[-1], z.device)
+    if outside is not None:
         z = z.masked_fill(outside, float("-inf"))
-    if policy.suppressed_ids:
-        bias = torch.zeros(V, device=z.device)
-        bias[torch.tensor(policy.suppressed_ids, device=z.device)] = SUPPRESS_BIAS
+    if bias is not None:
         z = z + bias
     if policy.greedy:
         return z

@@ -25,8 +25,10 @@ class RolloutConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="CPU threads of a transformers engine; None: every core "
                                                             "while learners idle (strictly on-policy steps), else "
                                                             "cpus_per_engine")
-    calls_per_engine: int = Field(2, ge=1, description="generate calls an engine's share of a step is split into: "
-                                                       "the first call's groups are scored while the next generates")
+    calls_per_engine: int = Field(1, ge=1, description="generate calls an engine's share of a step is split into; "
+                                                       "1 decodes it as one batch (fastest), and groups still stream "
+                                                       "to the reward pool engine by engine; 2+ lets scoring of the "
+                                                       "first call's groups overlap the rest (costly rewards)")
     generate_timeout_s: float = Field(1800.0, gt=0, description="an engine that returns nothing for this long is "
                                                                  "taken for hung and restarted")
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM only")

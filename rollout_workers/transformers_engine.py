@@ -96,8 +96,7 @@ class TransformersEngine:
                 generators.append(g)
         eos = torch.tensor(sorted(self.eos_ids), device=dev)
         rows = torch.arange(B * G, device=dev)  # original row of each live row
-        tokens: list[list[int]] = [[] for _ in range(B * G)]
-        logprobs: list[list[float]] = [[] for _ in range(B * G)]
+        record: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per step: (rows, tokens, log-probs)
         for step in range(sampling.max_new_tokens):
             z = processed_logits(logits, policy)
             if policy.greedy:
@@ -110,9 +109,7 @@ class TransformersEngine:
                     sel = (prompt_of_row == b).nonzero().squeeze(1)
                     tok[sel] = torch.multinomial(probs[sel], 1, generator=generators[b]).squeeze(1)
             lp = torch.log_softmax(z, dim=-1).gather(1, tok[:, None]).squeeze(1)
-            for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
-                tokens[r].append(t)
-                logprobs[r].append(l)
+            record.append((rows, tok, lp))
             live = ~torch.isin(tok, eos)
             if step + 1 == sampling.max_new_tokens or not live.any():
                 break
@@ -124,6 +121,12 @@ class TransformersEngine:
             pos = (next_pos + step).view(1, -1, 1).expand(3, -1, 1)
             logits = self.model(input_ids=tok[:, None], attention_mask=attention, position_ids=pos,
                                 past_key_values=cache, use_cache=True).logits[:, -1]
+        tokens: list[list[int]] = [[] for _ in range(B * G)]
+        logprobs: list[list[float]] = [[] for _ in range(B * G)]
+        for step_rows, tok, lp in record:
+            for r, t, l in zip(step_rows.tolist(), tok.tolist(), lp.tolist()):
+                tokens[r].append(t)
+                logprobs[r].append(l)
         return tokens, logprobs
 
     def _rollout(self, req: EncodedPrompt, response: list[int], logprobs: list[float]) -> Rollout:

@@ -131,7 +131,8 @@ def test_vllm_backend_grpo_steps_stay_on_policy(ray_cluster, tmp_path):
 
 
 def test_train_logs_every_metric_to_wandb_offline(ray_cluster, tmp_path):
-    cfg = load_config(CONFIG, SMALL + ["train.steps=3", f"train.output_dir={tmp_path}", "wandb.mode=offline"])
+    cfg = load_config(CONFIG, SMALL + ["train.steps=3", f"train.output_dir={tmp_path}", "wandb.mode=offline",
+                                       "rollout.calls_per_engine=2"])
     result = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
