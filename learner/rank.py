@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from common.memory import return_large_blocks_to_os
 from common.policy import eos_token_ids, model_policy
 from common.records import TrainShard
 from common.sync_group import create_sync_group, send_partitions
@@ -70,6 +71,7 @@ class LearnerRank:
             # (importlib: `import deepspeed.comm.torch as m` would bind torch itself, re-exported by deepspeed.comm)
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
+        return_large_blocks_to_os()
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
         self.grad_accum = grad_accum
         self.device = torch.device("cuda", 0) if cfg.device == "cuda" else torch.device("cpu")

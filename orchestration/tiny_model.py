@@ -81,6 +81,7 @@ def write_tiny_qwen25vl(
     seed: int = 0,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write a loadable tiny Qwen2.5-VL checkpoint to `out_dir` and return the path."""
     from transformers import (
@@ -100,7 +101,7 @@ def write_tiny_qwen25vl(
     head_dim = hidden_size // heads
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size or len(tokenizer),  # larger: padding rows past the tokenizer, as in Qwen's
             hidden_size=hidden_size,
             intermediate_size=hidden_size * 2,
             num_hidden_layers=num_layers,

@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from common.memory import return_large_blocks_to_os
 from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, create_sync_group, receive_partitions, torch_dtype
@@ -30,6 +31,7 @@ class TransformersEngine:
 
         if num_threads:
             torch.set_num_threads(num_threads)
+        return_large_blocks_to_os()  # each decode step frees [rows, vocabulary] logits: give them back
         self.device = torch.device(device)
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(dtype)).to(self.device)
         self.model.eval()

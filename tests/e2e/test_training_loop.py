@@ -130,6 +130,22 @@ def test_vllm_backend_grpo_steps_stay_on_policy(ray_cluster, tmp_path):
     run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=False)
 
 
+def test_staleness_one_generates_ahead_and_stays_within_the_bound(ray_cluster, tmp_path):
+    """train.max_staleness 1: step t+1's answers come from the weights of step t-1 (never older), the learner
+    weights them by the truncated importance ratio, and the run still learns end to end."""
+    cfg = load_config(CONFIG, SMALL + ["train.steps=4", "train.max_staleness=1", f"train.output_dir={tmp_path}",
+                                       "wandb.mode=disabled", "train.export_final=false"])
+    result = train(cfg)
+    staleness = [h["policy/staleness"] for h in result.history]
+    assert staleness == [0.0, 1.0, 1.0, 1.0]  # the first step has nothing to overlap with
+    assert [h["policy/version"] for h in result.history] == [1.0, 2.0, 3.0, 4.0]
+    for h in result.history[1:]:
+        assert h["sampling/logprob_diff"] > 1e-3  # answers one update old: the gap the weight corrects
+        assert 0 < h["train/is_weight"] and h["train/is_weight_max"] <= cfg.grpo.tis_cap
+    trained = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [len(r["sample_ids"]) for r in trained] == [4] * 4
+
+
 def test_train_logs_every_metric_to_wandb_offline(ray_cluster, tmp_path):
     cfg = load_config(CONFIG, SMALL + ["train.steps=3", f"train.output_dir={tmp_path}", "wandb.mode=offline",
                                        "rollout.calls_per_engine=2"])
