@@ -1,0 +1,46 @@
+"""The perfect answer to a sample, in the model's box convention: what the supervised warm start teaches, and what
+scores the task's maximum reward (tested).
+
+qwen25vl: JSON in integer pixels of the resized image the model sees; qwen2vl: special tokens with 0-1000 integers.
+"""
+from __future__ import annotations
+
+import json
+
+from common.records import RewardContext
+from reward_service.boxes import to_answer_space
+
+COUNT_BOX_HALF = 3  # counting truth is points: the answer's box around each is this many pixels each way
+
+
+def _box_text(box, label: str | None, convention: str, ctx: RewardContext) -> str | dict:
+    x1, y1, x2, y2 = (round(v) for v in to_answer_space(box, convention, ctx.scale, ctx.orig_size))
+    if convention == "qwen2vl":
+        ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label else ""
+        return f"{ref}<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+    return {"bbox_2d": [x1, y1, x2, y2], "label": label} if label else {"bbox_2d": [x1, y1, x2, y2]}
+
+
+def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qwen25vl",
+                  label: str | None = None) -> str:
+    """The answer that scores the task's maximum for ground truth `solution` (original-image pixels).
+    `label`: the object's name where the answer carries one (grounding's expression, counting's object)."""
+    if task == "colour":
+        return str(solution)
+    if task == "ocr":
+        return solution["text"]
+    if task == "grounding":
+        item = _box_text(solution["box"], label, convention, ctx)
+        return item if isinstance(item, str) else json.dumps(item)
+    if task == "counting":
+        r = COUNT_BOX_HALF / min(ctx.scale)  # the same size in the resized image whatever the scale
+        boxes = [[x - r, y - r, x + r, y + r] for x, y in solution["points"]]
+        if convention == "qwen2vl":  # the released format: the object named once, then its boxes
+            ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label else ""
+            return ref + "".join(_box_text(b, None, convention, ctx) for b in boxes)
+        items = [_box_text(b, label, convention, ctx) for b in boxes]
+    elif task == "detection":
+        items = [_box_text(b, lab, convention, ctx) for b, lab in zip(solution["boxes"], solution["labels"])]
+    else:
+        raise ValueError(f"no answer format for task {task!r}")
+    return "".join(items) if convention == "qwen2vl" else json.dumps(items)

@@ -1,0 +1,32 @@
+"""The answers the warm start teaches are the ones the rewards score highest, in both box conventions."""
+import pytest
+
+from common.records import RewardContext
+from orchestration.synthetic import SYNTHETIC
+from reward_service.answers import format_answer
+from reward_service.config import RewardOptions
+from reward_service.registry import reward_fn
+
+BEST = {"grounding": 2.0, "counting": 2.0, "ocr": 1.0, "detection": 3.0, "colour": 1.0}
+LABEL = {"grounding": lambda s: s.question.split("the ", 1)[1].split(" in the image")[0], "counting": lambda s: "dot"}
+
+
+# Detection answers are Qwen2.5-VL JSON only (SPEC).
+CASES = [(t, c) for t in sorted(BEST) for c in ("qwen25vl", "qwen2vl") if (t, c) != ("detection", "qwen2vl")]
+
+
+@pytest.mark.parametrize("task,convention", CASES)
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_the_perfect_answer_scores_the_maximum(task, convention, scale):
+    for sample in SYNTHETIC[task](8, 0, 112, "train"):
+        w, h = sample.image_size
+        ctx = RewardContext(sample.id, task, sample.solution, (scale, scale), (round(w * scale), round(h * scale)),
+                            (w, h))
+        label = LABEL[task](sample) if task in LABEL else None
+        answer = format_answer(task, sample.solution, ctx, convention, label=label)
+        out = reward_fn(task)(answer, ctx, RewardOptions(box_convention=convention))
+        # Whole numbers: exact for pixels at scale 1; 0-1000 units or halved small boxes lose a little to rounding.
+        exact = convention == "qwen25vl" and scale == 1.0
+        assert out["total"] == pytest.approx(BEST[task], abs=1e-9 if exact else 0.15), (answer, out)
+        if task in ("grounding", "detection"):
+            assert out["format"] == 1.0
