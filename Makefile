@@ -3,9 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 VENV_VLLM ?= .venv-vllm
 PYTHON ?= python3
-TASK   ?= colour
+TASK   ?= grounding
 ARGS   ?=
-# TASK=colour is the learnable demo; the four perception tasks share demo_cpu_perception.yaml.
+# TASK=grounding (default), counting, ocr, detection: demo_cpu_perception.yaml, a warm start then GRPO; TASK=colour: the toy.
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_perception.yaml data.task=$(TASK) train.output_dir=outputs/demo_$(TASK))
 
 .PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean

@@ -34,6 +34,7 @@ class RunState:
     skipped: int  # samples skipped so far (counts toward data.max_bad_rows)
     eval_before: float  # held-out reward before training, for the closing line
     wandb_id: str | None
+    headline_before: float | None = None  # the task's headline metric before training
 
 
 def root(out_dir: Path) -> Path:

@@ -9,7 +9,8 @@ from orchestration.config import ConfigError
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: perception-r1 train --config CONFIG [key.sub=value ...]\n"
+        print("usage: perception-r1 train --config CONFIG [--resume auto|PATH] [key.sub=value ...]\n"
+              "       perception-r1 sft --config CONFIG [key.sub=value ...]\n"
               "       perception-r1 eval --config CONFIG --checkpoint DIR [key.sub=value ...]")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
             from orchestration.train import main as train_main
 
             return train_main(rest)
+        if command == "sft":
+            from orchestration.sft import main as sft_main
+
+            return sft_main(rest)
         if command == "eval":
             from orchestration.evaluate import main as eval_main
 

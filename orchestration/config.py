@@ -30,6 +30,11 @@ class TinyModelConfig(Strict):
     vision_depth: int = Field(2, ge=1)
     initializer_range: float = Field(0.02, gt=0, description="init std; larger makes a random policy see more of the image")
     seed: int = 0
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    rope_theta: float = Field(10000.0, gt=0)
+    mrope_section: list[int] | None = Field(None, description="(t, h, w) rotary frequencies, summing to head_dim / 2; "
+                                                              "None: Qwen's 2:3:3 split")
 
 
 class ModelConfig(Strict):
@@ -80,6 +85,19 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
 
 
+class SFTConfig(Strict):
+    """The supervised warm start (orchestration/sft.py); `enabled` makes `train` start GRPO from it."""
+
+    enabled: bool = False
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+    output_dir: str = Field("outputs/sft", description="cache: one checkpoint per task and settings, reused")
+
+
 class WandbConfig(Strict):
     project: str = "perception-r1"
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
@@ -101,6 +119,7 @@ class RunConfig(Strict):
     grpo: GRPOConfig = GRPOConfig()
     learner: LearnerConfig = LearnerConfig()
     train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
     wandb: WandbConfig = WandbConfig()
     ray: RayConfig = RayConfig()
 

@@ -95,8 +95,8 @@ def true_boxes(sample: Sample) -> list[list[float]]:
     return []
 
 
-def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOptions, path: Path):
-    """The original image with true boxes in green and predicted ones in red."""
+def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOptions, path: Path | None):
+    """The original image with true boxes in green and predicted ones in red (saved to `path` when given)."""
     image = sample.load_image()
     draw = ImageDraw.Draw(image)
     for b in true_boxes(sample):
@@ -105,7 +105,8 @@ def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOp
         if b is not None and b.valid:
             draw.rectangle(to_original_space(b.as_list(), opts.box_convention, ctx.scale, ctx.orig_size),
                            outline=PRED, width=2)
-    image.save(path)
+    if path is not None:
+        image.save(path)
     return image
 
 

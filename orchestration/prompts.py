@@ -1,13 +1,27 @@
 """The user-turn prompts of SPEC.md (system prompt: 'You are a helpful assistant.')."""
 from __future__ import annotations
 
+import re
+
 
 def grounding_prompt(expression: str) -> str:
     return f"Output the bounding box of the {expression} in the image."
 
 
+def grounding_expression(question: str) -> str | None:
+    """The referring expression of a grounding prompt (None for another prompt)."""
+    m = re.fullmatch(r"Output the bounding box of the (.+) in the image\.", question)
+    return m.group(1) if m else None
+
+
 def counting_prompt(label: str) -> str:
     return f"Output all the bounding boxes of the {label}"
+
+
+def counting_label(question: str) -> str | None:
+    """The object label of a counting prompt (None for another prompt)."""
+    m = re.fullmatch(r"Output all the bounding boxes of the (.+)", question)
+    return m.group(1) if m else None
 
 
 def ocr_prompt() -> str:

@@ -82,8 +82,16 @@ def write_tiny_qwen25vl(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
     vocab_size: int | None = None,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    rope_theta: float = 10000.0,
+    mrope_section: list[int] | None = None,
 ) -> Path:
-    """Write a loadable tiny Qwen2.5-VL checkpoint to `out_dir` and return the path."""
+    """Write a loadable tiny Qwen2.5-VL checkpoint to `out_dir` and return the path.
+
+    `rope_theta` and `mrope_section` set how much the (temporal, height, width) positions of image tokens rotate
+    the attention: with Qwen's 1e4 and a head of 32, the height/width sections get the slowest frequencies and a
+    4 x 4 image grid barely rotates at all (~0.003 rad per step), so a tiny model cannot tell where an object is."""
     from transformers import (
         GenerationConfig,
         Qwen2_5_VLConfig,
@@ -97,7 +105,7 @@ def write_tiny_qwen25vl(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = 4
+    heads = num_heads
     head_dim = hidden_size // heads
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -106,10 +114,10 @@ def write_tiny_qwen25vl(
             intermediate_size=hidden_size * 2,
             num_hidden_layers=num_layers,
             num_attention_heads=heads,
-            num_key_value_heads=2,
+            num_key_value_heads=num_kv_heads,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": _mrope_section(head_dim)},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                             "mrope_section": list(mrope_section or _mrope_section(head_dim))},
             tie_word_embeddings=False,
             initializer_range=initializer_range,
             bos_token_id=ids["<|endoftext|>"],

@@ -34,45 +34,81 @@ class TrainResult:
     output_dir: Path
     wandb_dir: str | None
     history: list[dict[str, float]]
+    headline: str | None = None  # the task's headline held-out metric, and its value before and after
+    headline_before: float | None = None
+    headline_after: float | None = None
 
 
-def prepare_model(cfg: RunConfig, out_dir: Path) -> str:
-    """The checkpoint path; `tiny` writes a random tiny Qwen2.5-VL into the run directory."""
+# The number each task is judged by (SPEC): grounding Acc@0.5, counting exact-count accuracy, OCR edit distance
+# (lower is better), detection COCO AP50.
+HEADLINE = {"grounding": "acc@0.5", "counting": "count_acc", "ocr": "edit_distance", "detection": "AP50",
+            "colour": "accuracy"}
+
+
+def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:
+    """The checkpoint GRPO starts from: `model.path`, or for `tiny` a random tiny Qwen2.5-VL written into the run
+    directory; with `sft.enabled` (and `warm`), its supervised warm start (cached, orchestration/sft.py)."""
     if cfg.model.path != "tiny":
         if not Path(cfg.model.path).is_dir():
             raise FileNotFoundError(f"model.path {cfg.model.path!r} is not a checkpoint directory")
-        return cfg.model.path
-    from orchestration.tiny_model import write_tiny_qwen25vl
+        base = cfg.model.path
+    else:
+        from orchestration.tiny_model import write_tiny_qwen25vl
 
-    t = cfg.model.tiny
-    return str(write_tiny_qwen25vl(out_dir / "tiny_model", hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                   vision_hidden_size=t.vision_hidden_size, vision_depth=t.vision_depth,
-                                   initializer_range=t.initializer_range, seed=t.seed,
-                                   min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels))
+        base = str(write_tiny_qwen25vl(out_dir / "tiny_model", min_pixels=cfg.model.min_pixels,
+                                       max_pixels=cfg.model.max_pixels, **cfg.model.tiny.model_dump()))
+    if warm and cfg.sft.enabled:
+        from orchestration.sft import warm_start
+
+        return warm_start(cfg, base)
+    return base
 
 
-def encode_eval_set(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list, list]:
-    """The held-out prompts, encoded once for every evaluation of the run; an unusable sample is left out, logged."""
-    prompts, contexts = [], []
+@dataclass
+class EvalSet:
+    """The held-out samples that could be prompted, encoded once for every evaluation of the run."""
+
+    samples: list[Sample]
+    prompts: list
+    contexts: list
+
+
+def encode_eval_set(processor, cfg: RunConfig, samples: list[Sample]) -> EvalSet:
+    """Encode the held-out set once; an unusable sample is left out, logged."""
+    out = EvalSet([], [], [])
     for s in samples:
         try:
             p, c = encode_sample(processor, cfg, s)
         except BadSample as exc:
             log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
             continue
-        prompts.append(p)
-        contexts.append(c)
-    if not prompts:
+        out.samples.append(s)
+        out.prompts.append(p)
+        out.contexts.append(c)
+    if not out.prompts:
         raise ValueError("no usable sample in the eval set")
-    return prompts, contexts
+    return out
 
 
-def eval_reward(services: Services, cfg: RunConfig, eval_prompts: tuple[list, list]) -> dict[str, float]:
-    """Greedy decoding over held-out samples on the running engines: mean reward and its components (the task's
-    full metrics come from `perception-r1 eval` on a checkpoint)."""
+def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker: Tracker | None = None,
+                    step: int = 0, images: int = 4) -> dict[str, float]:
+    """Greedy decoding of the held-out set on the running engines: mean reward, its components and the task's
+    metrics (`eval/...`); the first `images` scenes go to W&B with true (green) and predicted (red) boxes."""
+    from orchestration.evaluate import draw_example, task_metrics
+    from reward_service.thinking import answer_part
+
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-    _, metrics = generate_and_score(services, *eval_prompts, greedy)
-    return {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
+    groups, metrics = generate_and_score(services, evals.prompts, evals.contexts, greedy)
+    out = {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
+    opts = cfg.reward.options
+    answers = [answer_part(g[0].rollout.response_text, opts.thinking) for g in groups]
+    task = task_metrics(cfg.data.task, evals.samples, answers, evals.contexts, [g[0] for g in groups], opts)
+    out.update({f"eval/{k}": v for k, v in task.items()})
+    if tracker is not None and images and cfg.data.task != "colour":
+        shown = list(zip(evals.samples, answers, evals.contexts))[:images]
+        pictures = [draw_example(s, a, c, opts, None) for s, a, c in shown]
+        tracker.log_images("eval/examples", pictures, [f"{s.question} -> {a[:120]}" for s, a, _ in shown], step)
+    return out
 
 
 @dataclass
@@ -145,7 +181,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     train_set, eval_set = build_datasets(cfg.data)
     sampler = PromptSampler(train_set, cfg.train.seed)
     skipped = SkippedSamples(cfg.data.max_bad_rows)
-    eval_prompts = encode_eval_set(processor, cfg, eval_set)
+    evals = encode_eval_set(processor, cfg, eval_set)
     sampling = SamplingParams(n=cfg.grpo.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     tracker = Tracker(cfg, out_dir, resume_step=state.step if state else None,
@@ -165,12 +201,15 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             log.info("resumed from %s: step %d, policy version %d", ckpt, state.step, version)
         sync_weights(services, version)  # the engines start from the learner's (restored) weights
         log.info("services up in %.1fs", time.perf_counter() - t0)
+        headline = HEADLINE.get(cfg.data.task)
         if state is None:
-            before = eval_reward(services, cfg, eval_prompts)["eval/mean"]
-            tracker.log({"eval/mean": before, "policy/version": version}, step=0)
+            first = evaluate_policy(services, cfg, evals, tracker, step=0)
+            before, headline_before = first["eval/mean"], first.get(f"eval/{headline}")
+            tracker.log({**first, "policy/version": version}, step=0)
         else:
-            before = state.eval_before
-        print(f"eval before training: reward {before:.3f}", flush=True)
+            before, headline_before = state.eval_before, state.headline_before
+        print(f"eval before training: reward {before:.3f}"
+              + (f", {headline} {headline_before:.3f}" if headline_before is not None else ""), flush=True)
 
         bar = tqdm(range(first_step, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout,
                    dynamic_ncols=True, initial=first_step - 1, total=cfg.train.steps)
@@ -194,12 +233,13 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             metrics["data/skipped"] = float(batch.draw_state[1])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 rollouts.settle()
-                metrics.update(eval_reward(services, cfg, eval_prompts))
+                metrics.update(evaluate_policy(services, cfg, evals, tracker, step=step))
             if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 t_ckpt = time.perf_counter()
                 rollouts.settle()
                 # The sampler as it was after this step's draw: a resumed run draws step + 1 again.
-                state = checkpoint.RunState(step, version, *batch.draw_state, before, tracker.run_id)
+                state = checkpoint.RunState(step, version, *batch.draw_state, before, tracker.run_id,
+                                            headline_before)
                 checkpoint.save(services, state, out_dir, cfg.train.keep_checkpoints)
                 metrics["time/checkpoint_s"] = time.perf_counter() - t_ckpt
             metrics["time/step_s"] = time.perf_counter() - t_step
@@ -209,13 +249,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", lp_diff=f"{metrics['sampling/logprob_diff']:.1e}",
                             step_s=f"{metrics['time/step_s']:.1f}")
 
-        after = eval_reward(services, cfg, eval_prompts)
+        after = evaluate_policy(services, cfg, evals, tracker, step=cfg.train.steps)
         tracker.log(after, step=cfg.train.steps)
         _print_timing(history)
         if cfg.train.export_final:
             get_learners([l.export_hf.remote(str(out_dir / "final"), model_path) for l in services.learners])
+        if headline_before is not None:
+            print(f"eval {headline}: before {headline_before:.3f} -> after {after[f'eval/{headline}']:.3f}", flush=True)
         print(f"eval reward: before {before:.3f} -> after {after['eval/mean']:.3f}", flush=True)
-        return TrainResult(before, after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir, history)
+        return TrainResult(before, after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir, history,
+                           headline, headline_before, after.get(f"eval/{headline}"))
     finally:
         if rollouts is not None:
             rollouts.close()

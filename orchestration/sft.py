@@ -1,0 +1,152 @@
+"""`perception-r1 sft --config C`: a supervised warm start, the stand-in for an instruction-tuned model.
+
+Teaches a checkpoint each task's answer format (SPEC's prompts; qwen25vl JSON in resized-image pixels, or qwen2vl
+special tokens) on the training set's perfect answers (`reward_service/answers.py`), with cross-entropy on the
+answer tokens. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
+`sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
+(or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
+
+    python -m orchestration.sft --config C [key.sub=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.policy import Policy
+from common.records import TrainItem
+from orchestration.config import RunConfig, load_config
+
+log = logging.getLogger("perception_r1")
+
+
+def answer_label(sample) -> str | None:
+    """The object name an answer carries: grounding's referring expression, counting's label."""
+    if sample.task == "grounding":
+        from orchestration.prompts import grounding_expression
+
+        return grounding_expression(sample.question)
+    if sample.task == "counting":
+        from orchestration.prompts import counting_label
+
+        return counting_label(sample.question)
+    return None
+
+
+def cache_key(cfg: RunConfig) -> str:
+    """Everything the warm start depends on: the base model, the training data, the answer format, SFT itself."""
+    parts = {"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json", exclude={"enabled"}),
+             "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}),
+             "convention": cfg.reward.options.box_convention, "thinking": cfg.reward.options.thinking}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warm_start(cfg: RunConfig, base_path: str) -> str:
+    """The warm-started checkpoint of `base_path` for `cfg`: reused from the cache, or trained and cached."""
+    out = Path(cfg.sft.output_dir) / f"{cfg.data.task}-{cache_key(cfg)}"
+    if (out / "sft.json").is_file():
+        log.info("warm start: reusing %s", out)
+        return str(out)
+    return str(run_sft(cfg, base_path, out))
+
+
+def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
+    """Supervised training on the perfect answers; writes a from_pretrained checkpoint to `out` (atomically)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from learner.sequences import collate, response_logprobs
+    from orchestration.datasets import build_datasets
+    from orchestration.rollout import BadSample, encode_sample
+    from reward_service.answers import format_answer
+
+    s = cfg.sft
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    processor = AutoProcessor.from_pretrained(base_path)
+    tokenizer = processor.tokenizer
+    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
+    model.train()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    train_set, _ = build_datasets(cfg.data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * i / s.steps)))
+    cache: dict[str, tuple] = {}
+
+    def example(sample):
+        if sample.id not in cache:  # prompts and answers encoded once
+            prompt, ctx = encode_sample(processor, cfg, sample)
+            text = format_answer(sample.task, sample.solution, ctx, cfg.reward.options.box_convention,
+                                 label=answer_label(sample))
+            cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
+        return cache[sample.id]
+
+    order: list[int] = []
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(range(s.steps), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
+    for step in bar:
+        batch, prompts = [], {}
+        while len(batch) < s.batch_size:
+            if not order:
+                order = list(range(len(train_set)))
+                rng.shuffle(order)
+            sample = train_set[order.pop()]
+            try:
+                prompt, answer = example(sample)
+            except BadSample as exc:
+                log.warning("sft: skipping sample %s: %s", sample.origin or sample.id, exc)
+                continue
+            prompts[sample.id] = prompt
+            batch.append(TrainItem(sample.id, prompt.prompt_token_ids, answer, [0.0] * len(answer), 0.0))
+        rows = collate(batch, prompts, model.config, tokenizer.pad_token_id, "cpu", torch.float32)
+        lp = response_logprobs(model, rows, Policy())
+        loss = -(lp * rows.mask).sum() / rows.mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    (partial / "sft.json").write_text(json.dumps({
+        "task": cfg.data.task, "steps": s.steps, "batch_size": s.batch_size, "seconds": time.perf_counter() - t0,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]), "key": cache_key(cfg), "base": base_path}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    log.info("warm start written to %s in %.0fs (loss %.3f)", out, time.perf_counter() - t0, losses[-1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orchestration.train import prepare_model
+
+    parser = argparse.ArgumentParser(description="Supervised warm start of a Qwen2.5-VL on a task's answers")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    base = prepare_model(cfg, Path(cfg.sft.output_dir), warm=False)
+    print(warm_start(cfg, base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
