@@ -44,7 +44,9 @@ def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_co
 
     processor = AutoProcessor.from_pretrained(model_path)
     sampler = PromptSampler(build_datasets(cfg.data)[0], 0)
-    sampling = SamplingParams(n=8, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=48, seed=0)
+    # The learner scores answers with the config's policy (temperature included): sample with the same one.
+    sampling = SamplingParams(n=8, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              top_k=cfg.rollout.top_k, max_new_tokens=48, seed=0)
     services = start_services(cfg, model_path)
     try:
         sync_weights(services, 0)
