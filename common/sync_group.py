@@ -116,14 +116,23 @@ def send_partitions(group: dist.ProcessGroup, flats: Iterable[torch.Tensor], des
 def receive_partitions(group: dist.ProcessGroup, plan: WeightPlan,
                        device) -> Iterator[tuple[ParamMeta, list[torch.Tensor]]]:
     """An engine: every parameter of `plan` as (meta, its partitions from learner rank 0, 1, ...), views into the
-    receive buffers, bucket by bucket as the learner ranks send them. The last partition may run past the
-    parameter's end (DeepSpeed's zero padding)."""
-    for tag, bucket in enumerate(plan.buckets):
+    receive buffers, bucket by bucket as the learner ranks send them. The next bucket's receives are posted before
+    the caller copies out the current one, so the transfer and the copy overlap. The last partition may run past
+    the parameter's end (DeepSpeed's zero padding)."""
+
+    def post(tag: int):
+        bucket = plan.buckets[tag]
         sizes = [plan.partition_numel(m) for m in bucket]
         parts = [torch.empty(sum(sizes), dtype=torch_dtype(bucket[0].dtype), device=device)
                  for _ in range(plan.sources)]
-        for work in [group.recv([part], src, tag) for src, part in enumerate(parts)]:
+        return bucket, sizes, parts, [group.recv([part], src, tag) for src, part in enumerate(parts)]
+
+    pending = post(0) if plan.buckets else None
+    for tag in range(len(plan.buckets)):
+        bucket, sizes, parts, works = pending
+        for work in works:
             work.wait()
+        pending = post(tag + 1) if tag + 1 < len(plan.buckets) else None
         offset = 0
         for meta, size in zip(bucket, sizes):
             yield meta, [part[offset : offset + size] for part in parts]
