@@ -97,7 +97,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     order: list[int] = []
     losses, t0 = [], time.perf_counter()
     bar = tqdm(range(s.steps), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
-    for step in bar:
+    for _ in bar:
         batch, prompts = [], {}
         while len(batch) < s.batch_size:
             if not order:

@@ -42,14 +42,22 @@ class Box:
         return [self.x1, self.y1, self.x2, self.y2]
 
 
-def strip_answer(text: str) -> str | None:
-    """The answer without end-of-turn tokens and a ```json fence; None if it is too long to parse."""
+def strip_end_tokens(text: str) -> str | None:
+    """The answer without edge white space and trailing end-of-turn tokens; None if it is too long to parse."""
     if len(text) > MAX_ANSWER_CHARS:
         return None
     text = text.strip()
     for tok in END_TOKENS:
         while text.endswith(tok):
             text = text[: -len(tok)].rstrip()
+    return text
+
+
+def strip_answer(text: str) -> str | None:
+    """The answer without end-of-turn tokens and a ```json fence; None if it is too long to parse."""
+    text = strip_end_tokens(text)
+    if text is None:
+        return None
     fenced = _FENCE.match(text)
     return fenced.group(1) if fenced else text
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import re
 
-from reward_service.boxes import END_TOKENS, MAX_ANSWER_CHARS
+from reward_service.boxes import strip_end_tokens
 
 _LAYOUT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 
 
 def thinking_answer(text: str) -> str | None:
     """The <answer> content when the whole text is one think block then one answer block; else None."""
-    if len(text) > MAX_ANSWER_CHARS:
+    text = strip_end_tokens(text)
+    if text is None:
         return None
-    text = text.strip()
-    for tok in END_TOKENS:
-        while text.endswith(tok):
-            text = text[: -len(tok)].rstrip()
     match = _LAYOUT.fullmatch(text)
     if match is None or "<answer>" in match.group(2) or "<think>" in match.group(1):
         return None

@@ -105,15 +105,19 @@ def _write_grounding_data(root: Path, n: int) -> Path:
     return path
 
 
-def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, tmp_path):
+def _grounding_run_config(tmp_path, extra: list[str]):
+    """A 3-step grounding run on 12 jsonl rows of which 4 are unusable (`_write_grounding_data`)."""
     data = _write_grounding_data(tmp_path, 12)
-    cfg = load_config(CONFIG, SMALL + [
-        f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "wandb.mode=offline", "train.export_final=false",
+    return load_config(CONFIG, SMALL + [
+        f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "wandb.mode=offline",
         "data.task=grounding", "data.source=grounding_jsonl", f"data.train.file={data}",
         f"data.train.image_dir={tmp_path}", f"data.eval.file={data}", f"data.eval.image_dir={tmp_path}",
         "data.train_size=null", "data.eval_size=12", "rollout.allowed_tokens=null", "rollout.max_new_tokens=8",
-        "model.min_pixels=12544", "model.max_pixels=12544", "model.max_prompt_tokens=256",
-        "data.max_image_pixels=50000"])
+        "model.min_pixels=12544", "model.max_pixels=12544", "model.max_prompt_tokens=256"] + extra)
+
+
+def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, tmp_path):
+    cfg = _grounding_run_config(tmp_path, ["train.export_final=false", "data.max_image_pixels=50000"])
     train(cfg)
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "train/loss" in r]
@@ -126,13 +130,7 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, 
 
 
 def test_too_many_unusable_samples_stop_the_run_naming_the_file(local_ray, tmp_path):
-    data = _write_grounding_data(tmp_path, 12)
-    cfg = load_config(CONFIG, SMALL + [
-        f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "wandb.mode=offline", "data.max_bad_rows=1",
-        "data.task=grounding", "data.source=grounding_jsonl", f"data.train.file={data}",
-        f"data.train.image_dir={tmp_path}", f"data.eval.file={data}", f"data.eval.image_dir={tmp_path}",
-        "data.train_size=null", "data.eval_size=12", "rollout.allowed_tokens=null", "rollout.max_new_tokens=8",
-        "model.min_pixels=12544", "model.max_pixels=12544", "model.max_prompt_tokens=256"])
+    cfg = _grounding_run_config(tmp_path, ["data.max_bad_rows=1"])
     from orchestration.loaders import DataError
 
     with pytest.raises(DataError, match=r"2 samples skipped.*max_bad_rows=1.*train\.jsonl:"):
