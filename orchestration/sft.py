@@ -127,7 +127,8 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     processor.save_pretrained(partial)
     (partial / "sft.json").write_text(json.dumps({
         "task": cfg.data.task, "steps": s.steps, "batch_size": s.batch_size, "seconds": time.perf_counter() - t0,
-        "final_loss": sum(losses[-20:]) / len(losses[-20:]), "key": cache_key(cfg), "base": base_path}, indent=2))
+        "first_loss": sum(losses[:20]) / len(losses[:20]), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "key": cache_key(cfg), "base": base_path}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     log.info("warm start written to %s in %.0fs (loss %.3f)", out, time.perf_counter() - t0, losses[-1])

@@ -1,0 +1,37 @@
+"""The supervised warm start: it learns the answers, is deterministic by seed, and is built once per settings."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from orchestration.config import load_config
+from orchestration.sft import run_sft, warm_start
+from orchestration.train import prepare_model
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
+
+
+def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
+    over = ["sft.steps=40", "sft.batch_size=8", "data.train_size=64", "data.eval_size=4", "sft.threads=1",
+            f"sft.output_dir={tmp_path / 'sft'}"]
+    cfg = load_config(CONFIG, over)
+    base = prepare_model(cfg, tmp_path, warm=False)
+
+    first = Path(warm_start(cfg, base))
+    info = json.loads((first / "sft.json").read_text())
+    assert first.parent == tmp_path / "sft" and first.name.startswith("grounding-")
+    assert info["steps"] == 40 and info["final_loss"] < 0.7 * info["first_loss"], info
+
+    # Same settings: the cached checkpoint comes back untouched, nothing is trained again.
+    stamp = (first / "sft.json").stat().st_mtime_ns
+    assert Path(warm_start(cfg, base)) == first and (first / "sft.json").stat().st_mtime_ns == stamp
+
+    # Same seed, trained again elsewhere: the very same weights.
+    again = run_sft(cfg, base, tmp_path / "again")
+    a, b = load_file(first / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # Another seed is another cache entry.
+    other = Path(warm_start(load_config(CONFIG, over + ["sft.seed=1"]), base))
+    assert other != first and other.parent == first.parent
