@@ -67,6 +67,8 @@ class DataConfig(Strict):
     max_image_pixels: int = Field(100_000_000, ge=1, description="a larger image is skipped when drawn (read "
                                                                   "from its header, never decoded)")
     image_size: int = Field(56, ge=28, description="synthetic scenes only")
+    objects: tuple[int, int] | None = Field(None, description="synthetic grounding and detection scenes: the least "
+                                                              "and most shapes per image (default 2-3 and 1-3)")
     seed: int = 0
 
 
@@ -156,16 +158,33 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a nested dict. `base: other.yaml` (relative to the file) names a config it extends: the
+    file's own sections are merged over the base's, key by key, so a per-task config states only what differs."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen + (path.resolve(),):
+        raise ConfigError(f"config file {str(path)!r}: base {str(base)!r} extends itself")
+    return _merge(read_tree(base_path, seen + (path.resolve(),)), tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (or start from defaults), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        tree = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    tree: dict[str, Any] = read_tree(Path(path)) if path is not None else {}
     for override in overrides:
         apply_override(tree, override)
     try:

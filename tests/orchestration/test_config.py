@@ -51,3 +51,16 @@ def test_cli_reports_bad_key_and_exits_2(capsys):
     code = cli_main(["train", "--config", str(CONFIGS / "demo_cpu.yaml"), "learner.lrr=1"])
     assert code == 2
     assert "learner.lrr" in capsys.readouterr().err
+
+
+def test_a_config_extends_its_base_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("learner: {lr: 1.0e-4, num_ranks: 2}\ndata: {task: grounding}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nlearner: {lr: 5.0e-5}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["data.task=counting"])
+    assert (cfg.learner.lr, cfg.learner.num_ranks, cfg.data.task) == (5e-5, 2, "counting")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml.*does not exist"):
+        load_config(tmp_path / "orphan.yaml")
