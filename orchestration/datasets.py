@@ -39,8 +39,9 @@ def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held-out eval) samples."""
     if cfg.source == "synthetic":
         make = SYNTHETIC[cfg.task]
-        return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train"),
-                make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval"))
+        kw = {"objects": tuple(cfg.objects)} if cfg.objects else {}
+        return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train", **kw),
+                make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval", **kw))
     if SOURCE_TASK[cfg.source] != cfg.task:
         raise ValueError(f"data.source={cfg.source!r} holds {SOURCE_TASK[cfg.source]} data, not data.task={cfg.task!r}")
     train = loaders.subset(_load_split(cfg, cfg.train, "train"), cfg.train_size, cfg.subset, cfg.seed)

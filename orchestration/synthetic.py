@@ -70,14 +70,15 @@ def _scene(rng: random.Random, size: int, n: int, min_side: int, max_side: int):
     return image, objects
 
 
-def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train") -> list[Sample]:
-    """Two or three distinct shapes; the question names one by colour and shape; truth = its box."""
+def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (2, 3)
+                      ) -> list[Sample]:
+    """Two or three (`objects`) distinct shapes; the question names one by colour and shape; truth = its box."""
     from orchestration.prompts import grounding_prompt
 
     rng = random.Random(f"grounding-{split}-{seed}")
     out = []
     for i in range(n):
-        image, objs = _scene(rng, size, rng.randint(2, 3), size // 4, size // 2)
+        image, objs = _scene(rng, size, rng.randint(*objects), size // 4, size // 2)
         colour, shape, box = rng.choice(objs)
         out.append(Sample(f"grounding-{split}-{seed}-{i}", "grounding", _png(image),
                           grounding_prompt(f"{colour} {shape}"), {"box": [float(v) for v in box]}, (size, size)))
@@ -129,14 +130,15 @@ def ocr_samples(n: int, seed: int, size: int = 112, split: str = "train") -> lis
     return out
 
 
-def detection_samples(n: int, seed: int, size: int = 112, split: str = "train") -> list[Sample]:
-    """One to three shapes; categories are the shape names; truth = boxes and labels (COCO style)."""
+def detection_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (1, 3)
+                      ) -> list[Sample]:
+    """One to three (`objects`) shapes; categories are the shape names; truth = boxes and labels (COCO style)."""
     from orchestration.prompts import detection_prompt
 
     rng = random.Random(f"detection-{split}-{seed}")
     out = []
     for i in range(n):
-        image, objs = _scene(rng, size, rng.randint(1, 3), size // 5, size // 2)
+        image, objs = _scene(rng, size, rng.randint(*objects), size // 5, size // 2)
         out.append(Sample(f"detection-{split}-{seed}-{i}", "detection", _png(image), detection_prompt(list(SHAPES)),
                           {"boxes": [[float(v) for v in b] for _, _, b in objs], "labels": [s for _, s, _ in objs],
                            "categories": list(SHAPES), "image_id": i + 1}, (size, size)))
