@@ -28,6 +28,7 @@ def test_unknown_key_in_file_is_named(tmp_path):
     ("grpo.scale_rewards=sometimes", "grpo.scale_rewards"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("learner.dist_backend=nccl", "learner: Value error, learner.device=cpu needs dist_backend=gloo"),
+    ("data.objects=[3, 1]", "data.objects must be [least, most]"),
 ])
 def test_bad_override_is_named(override, named):
     with pytest.raises(ConfigError) as info:
