@@ -3,11 +3,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 VENV_VLLM ?= .venv-vllm
 PYTHON ?= python3
-TASK   ?= colour
+TASK   ?= grounding
 ARGS   ?=
-# TASK=colour (default): the toy that learns in ~2 minutes. TASK=grounding, counting, ocr, detection:
-# demo_cpu_perception.yaml, a supervised warm start then GRPO (README: "Perception on a CPU": no GRPO gain yet).
-DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_perception.yaml data.task=$(TASK) train.output_dir=outputs/demo_$(TASK))
+# TASK=grounding (default), counting, ocr, detection: configs/demo_cpu_<task>.yaml, a supervised warm start (built
+# once, cached under outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
+DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_$(TASK).yaml)
 
 .PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean
 

@@ -65,3 +65,11 @@ def test_a_config_extends_its_base_key_by_key(tmp_path):
     (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml.*does not exist"):
         load_config(tmp_path / "orphan.yaml")
+
+
+@pytest.mark.parametrize("task", ["grounding", "counting", "ocr", "detection"])
+def test_each_demo_task_config_extends_the_shared_perception_settings(task):
+    cfg = load_config(CONFIGS / f"demo_cpu_{task}.yaml")
+    shared = load_config(CONFIGS / "demo_cpu_perception.yaml")
+    assert cfg.data.task == task and cfg.sft.enabled and cfg.train.output_dir == f"outputs/demo_{task}"
+    assert cfg.model == shared.model and cfg.grpo.scale_rewards == "batch"
