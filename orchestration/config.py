@@ -69,13 +69,18 @@ class DataConfig(Strict):
     image_size: int = Field(56, ge=28, description="synthetic scenes only")
     objects: tuple[int, int] | None = Field(None, description="synthetic grounding and detection scenes: the least "
                                                               "and most shapes per image (default 2-3 and 1-3)")
+    seed: int = 0
 
     @model_validator(mode="after")
-    def _objects_range(self) -> "DataConfig":
-        if self.objects and not 1 <= self.objects[0] <= self.objects[1]:
+    def _objects(self) -> "DataConfig":
+        if self.objects is None:
+            return self
+        if self.source != "synthetic" or self.task not in ("grounding", "detection"):
+            raise ValueError(f"data.objects applies to synthetic grounding and detection scenes, not "
+                             f"source={self.source} task={self.task}")
+        if not 1 <= self.objects[0] <= self.objects[1]:
             raise ValueError(f"data.objects must be [least, most] with 1 <= least <= most, got {list(self.objects)}")
         return self
-    seed: int = 0
 
 
 class TrainConfig(Strict):

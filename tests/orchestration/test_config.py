@@ -28,7 +28,7 @@ def test_unknown_key_in_file_is_named(tmp_path):
     ("grpo.scale_rewards=sometimes", "grpo.scale_rewards"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("learner.dist_backend=nccl", "learner: Value error, learner.device=cpu needs dist_backend=gloo"),
-    ("data.objects=[3, 1]", "data.objects must be [least, most]"),
+    ("data.objects=[1, 1]", "data.objects applies to synthetic grounding and detection scenes"),
 ])
 def test_bad_override_is_named(override, named):
     with pytest.raises(ConfigError) as info:
@@ -73,3 +73,9 @@ def test_each_demo_task_config_extends_the_shared_perception_settings(task):
     shared = load_config(CONFIGS / "demo_cpu_perception.yaml")
     assert cfg.data.task == task and cfg.sft.enabled and cfg.train.output_dir == f"outputs/demo_{task}"
     assert cfg.model == shared.model and cfg.grpo.scale_rewards == "batch"
+
+
+def test_objects_per_scene_is_a_range():
+    assert load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[1, 1]"]).data.objects == (1, 1)
+    with pytest.raises(ConfigError, match=r"data.objects must be \[least, most\].*got \[3, 1\]"):
+        load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[3, 1]"])
