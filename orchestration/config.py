@@ -72,7 +72,7 @@ class DataConfig(Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _objects(self) -> "DataConfig":
+    def _objects(self) -> DataConfig:
         if self.objects is None:
             return self
         if self.source != "synthetic" or self.task not in ("grounding", "detection"):
@@ -180,10 +180,10 @@ def read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = tree.pop("base", None)
     if base is None:
         return tree
-    base_path = (path.parent / str(base)).resolve()
-    if base_path in seen + (path.resolve(),):
+    base_path, chain = (path.parent / str(base)).resolve(), seen + (path.resolve(),)
+    if base_path in chain:
         raise ConfigError(f"config file {str(path)!r}: base {str(base)!r} extends itself")
-    return _merge(read_tree(base_path, seen + (path.resolve(),)), tree)
+    return _merge(read_tree(base_path, chain), tree)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held-out eval) samples."""
     if cfg.source == "synthetic":
         make = SYNTHETIC[cfg.task]
-        kw = {"objects": tuple(cfg.objects)} if cfg.objects else {}
+        kw = {"objects": cfg.objects} if cfg.objects else {}
         return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train", **kw),
                 make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval", **kw))
     if SOURCE_TASK[cfg.source] != cfg.task:

@@ -13,6 +13,11 @@ from pathlib import Path
 from orchestration.config import RunConfig
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows a run logged to `path` (metrics.jsonl, samples.jsonl), in order."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.is_file():
         return

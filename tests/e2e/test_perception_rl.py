@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.config import load_config
+from orchestration.tracking import read_jsonl
 from orchestration.train import train
 
 pytestmark = pytest.mark.e2e
@@ -41,8 +42,5 @@ def test_grpo_from_a_warm_start_moves_held_out_boxes_onto_the_objects(tmp_path):
 
 def _eval(result, step: int) -> dict[str, float]:
     """The held-out metrics logged at `step` (metrics.jsonl of the run)."""
-    import json
-
-    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
-    [row] = [r for r in rows if r.get("step") == step and "eval/miou" in r]
+    [row] = [r for r in read_jsonl(result.output_dir / "metrics.jsonl") if r.get("step") == step and "eval/miou" in r]
     return {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}

@@ -18,6 +18,7 @@ from orchestration.config import load_config
 from orchestration.datasets import PromptSampler, build_datasets
 from orchestration.rollout import encode, generate_and_score, make_shards
 from orchestration.services import shutdown, start_ray, start_services, sync_weights
+from orchestration.tracking import read_jsonl
 from orchestration.train import prepare_model, train
 
 pytestmark = pytest.mark.e2e
@@ -119,11 +120,11 @@ def _grounding_run_config(tmp_path, extra: list[str]):
 def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, tmp_path):
     cfg = _grounding_run_config(tmp_path, ["train.export_final=false", "data.max_image_pixels=50000"])
     train(cfg)
-    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in steps if "train/loss" in r]
     # 3 steps x 4 prompts = 12 draws from 12 rows: every bad row is drawn, skipped, and replaced.
     assert steps[-1]["data/skipped"] == 4
-    trained = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    trained = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert [len(r["sample_ids"]) for r in trained] == [4, 4, 4], "the batch keeps its size"
     ids = [i for r in trained for i in r["sample_ids"]]
     assert not {"train-4", "train-8", "train-10", "train-11"} & set(ids)  # jsonl rows count from 1

@@ -12,6 +12,8 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
+from orchestration.tracking import read_jsonl
+
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -64,22 +66,18 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 3
         time.sleep(0.05)
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _steps_logged(out: Path) -> int:
     path = out / "samples.jsonl"
-    return len(_rows(path)) if path.is_file() else 0
+    return len(read_jsonl(path)) if path.is_file() else 0
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
     """Same prompts at every step (none twice, none skipped), same steps and versions, bitwise equal weights."""
-    samples_a, samples_b = _rows(a / "samples.jsonl"), _rows(b / "samples.jsonl")
+    samples_a, samples_b = read_jsonl(a / "samples.jsonl"), read_jsonl(b / "samples.jsonl")
     assert [r["step"] for r in samples_b] == list(range(1, STEPS + 1))
     assert samples_a == samples_b
-    steps_a = [r for r in _rows(a / "metrics.jsonl") if "train/loss" in r]
-    steps_b = [r for r in _rows(b / "metrics.jsonl") if "train/loss" in r]
+    steps_a = [r for r in read_jsonl(a / "metrics.jsonl") if "train/loss" in r]
+    steps_b = [r for r in read_jsonl(b / "metrics.jsonl") if "train/loss" in r]
     assert [r["step"] for r in steps_b] == list(range(1, STEPS + 1)), "no step twice, none missing"
     assert [r["policy/version"] for r in steps_a] == [r["policy/version"] for r in steps_b]
     assert [r["reward/mean"] for r in steps_a] == [r["reward/mean"] for r in steps_b]

@@ -1,6 +1,5 @@
 """End to end on CPU: real Ray actors, a 2-rank DeepSpeed ZeRO-3 learner, the gloo weight broadcast, W&B offline."""
 import importlib.util
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from orchestration.config import load_config
 from orchestration.datasets import PromptSampler, build_datasets
 from orchestration.rollout import encode, generate_and_score, make_shards
 from orchestration.services import shutdown, start_ray, start_services, sync_weights
+from orchestration.tracking import read_jsonl
 from orchestration.train import prepare_model, train
 from common.records import SamplingParams
 
@@ -142,7 +142,7 @@ def test_staleness_one_generates_ahead_and_stays_within_the_bound(ray_cluster, t
     for h in result.history[1:]:
         assert h["sampling/logprob_diff"] > 1e-3  # answers one update old: the gap the weight corrects
         assert 0 < h["train/is_weight"] and h["train/is_weight_max"] <= cfg.grpo.tis_cap
-    trained = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    trained = read_jsonl(tmp_path / "samples.jsonl")
     assert [len(r["sample_ids"]) for r in trained] == [4] * 4
 
 
@@ -150,7 +150,7 @@ def test_train_logs_every_metric_to_wandb_offline(ray_cluster, tmp_path):
     cfg = load_config(CONFIG, SMALL + ["train.steps=3", f"train.output_dir={tmp_path}", "wandb.mode=offline",
                                        "rollout.calls_per_engine=2"])
     result = train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     required = ["reward/mean", "reward/std", "reward/format", "reward/accuracy", "reward/errors",
