@@ -7,7 +7,6 @@ between the two; more than 10 % fails.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from orchestration.config import load_config
+from orchestration.tracking import read_jsonl
 from orchestration.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
@@ -51,7 +51,7 @@ def watch(metrics: Path, at: list[int], out: dict[int, dict], stop: threading.Ev
     pending = sorted(at)
     while pending and not stop.is_set():
         if metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(metrics)
             trained = {row["step"] for row in rows if "train/loss" in row}
             while pending and pending[0] in trained:
                 out[pending.pop(0)] = run_memory()
