@@ -108,6 +108,8 @@ class SFTConfig(Strict):
     warmup_steps: int = Field(20, ge=0)
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+    reading_order: bool = Field(True, description="teach counting and detection boxes listed top to bottom, left to "
+                                                  "right (else as annotated): one order to learn, not every permutation")
     output_dir: str = Field("outputs/sft", description="cache: one checkpoint per task and settings, reused")
 
 

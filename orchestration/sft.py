@@ -46,9 +46,12 @@ def answer_label(sample) -> str | None:
 
 def cache_key(cfg: RunConfig) -> str:
     """Everything the warm start depends on: the base model, the training data, the answer format, SFT itself."""
-    parts = {"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json", exclude={"enabled"}),
+    sft = cfg.sft.model_dump(mode="json", exclude={"enabled", "reading_order"})
+    parts = {"model": cfg.model.model_dump(mode="json"), "sft": sft,
              "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}),
              "convention": cfg.reward.options.box_convention, "thinking": cfg.reward.options.thinking}
+    if cfg.sft.reading_order and cfg.data.task in ("counting", "detection"):  # answers that list boxes; a key part
+        parts["reading_order"] = True  # only when it changes the answers keeps the other tasks' cached warm starts
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,7 +93,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
         if sample.id not in cache:  # prompts and answers encoded once
             prompt, ctx = encode_sample(processor, cfg, sample)
             text = format_answer(sample.task, sample.solution, ctx, cfg.reward.options.box_convention,
-                                 label=answer_label(sample))
+                                 label=answer_label(sample), reading_order=cfg.sft.reading_order)
             cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
         return cache[sample.id]
 

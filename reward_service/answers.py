@@ -21,10 +21,17 @@ def _box_text(box, label: str | None, convention: str, ctx: RewardContext) -> st
     return {"bbox_2d": [x1, y1, x2, y2], "label": label} if label else {"bbox_2d": [x1, y1, x2, y2]}
 
 
+def _reading_order(boxes: list, labels: list) -> tuple[list, list]:
+    """Boxes (and their labels) sorted top to bottom, then left to right, by their top-left corner."""
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], boxes[i][0]))
+    return [boxes[i] for i in order], [labels[i] for i in order]
+
+
 def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qwen25vl",
-                  label: str | None = None) -> str:
+                  label: str | None = None, reading_order: bool = False) -> str:
     """The answer that scores the task's maximum for ground truth `solution` (original-image pixels).
-    `label`: the object's name where the answer carries one (grounding's expression, counting's object)."""
+    `label`: the object's name where the answer carries one (grounding's expression, counting's object).
+    `reading_order`: list several boxes top to bottom, left to right, instead of as annotated."""
     if task == "colour":
         return str(solution)
     if task == "ocr":
@@ -35,12 +42,17 @@ def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qw
     if task == "counting":
         r = COUNT_BOX_HALF / min(ctx.scale)  # the same size in the resized image whatever the scale
         boxes = [[x - r, y - r, x + r, y + r] for x, y in solution["points"]]
+        if reading_order:
+            boxes, _ = _reading_order(boxes, boxes)
         if convention == "qwen2vl":  # the released format: the object named once, then its boxes
             ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label else ""
             return ref + "".join(_box_text(b, None, convention, ctx) for b in boxes)
         items = [_box_text(b, label, convention, ctx) for b in boxes]
     elif task == "detection":
-        items = [_box_text(b, lab, convention, ctx) for b, lab in zip(solution["boxes"], solution["labels"])]
+        boxes, labels = solution["boxes"], solution["labels"]
+        if reading_order:
+            boxes, labels = _reading_order(boxes, labels)
+        items = [_box_text(b, lab, convention, ctx) for b, lab in zip(boxes, labels)]
     else:
         raise ValueError(f"no answer format for task {task!r}")
     return "".join(items) if convention == "qwen2vl" else json.dumps(items)

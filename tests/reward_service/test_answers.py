@@ -30,3 +30,22 @@ def test_the_perfect_answer_scores_the_maximum(task, convention, scale):
         assert out["total"] == pytest.approx(BEST[task], abs=1e-9 if exact else 0.15), (answer, out)
         if task in ("grounding", "detection"):
             assert out["format"] == 1.0
+
+
+@pytest.mark.parametrize("task", ["counting", "detection"])
+def test_reading_order_lists_the_same_boxes_top_to_bottom_and_still_scores_the_maximum(task):
+    import json
+
+    reordered = 0
+    for sample in SYNTHETIC[task](16, 0, 112, "train"):
+        w, h = sample.image_size
+        ctx = RewardContext(sample.id, task, sample.solution, (1.0, 1.0), (w, h), (w, h))
+        label = LABEL.get(task, lambda s: None)(sample)
+        given = json.loads(format_answer(task, sample.solution, ctx, label=label))
+        ordered = json.loads(format_answer(task, sample.solution, ctx, label=label, reading_order=True))
+        key = lambda item: (item["bbox_2d"][1], item["bbox_2d"][0])  # noqa: E731
+        assert ordered == sorted(given, key=key)  # the same items (labels stay with their boxes), top-left first
+        reordered += ordered != given
+        out = reward_fn(task)(json.dumps(ordered), ctx, RewardOptions())
+        assert out["total"] == pytest.approx(BEST[task])
+    assert reordered > 0  # the synthetic scenes are not already drawn in reading order
