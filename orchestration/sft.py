@@ -1,8 +1,9 @@
 """`perception-r1 sft --config C`: a supervised warm start, the stand-in for an instruction-tuned model.
 
 Teaches a checkpoint each task's answer format (SPEC's prompts; qwen25vl JSON in resized-image pixels, or qwen2vl
-special tokens) on the training set's perfect answers (`reward_service/answers.py`), with cross-entropy on the
-answer tokens. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
+special tokens) on the training set's perfect answers (`reward_service/answers.py`; the boxes of counting and
+detection listed top to bottom, left to right, unless `sft.reading_order` is off), with cross-entropy on the answer
+tokens. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
 `sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
 
