@@ -28,6 +28,7 @@ from tqdm import tqdm
 from common.policy import Policy
 from common.records import TrainItem
 from orchestration.config import RunConfig, load_config
+from reward_service.answers import LISTED_TASKS
 
 log = logging.getLogger("perception_r1")
 
@@ -51,8 +52,8 @@ def cache_key(cfg: RunConfig) -> str:
     parts = {"model": cfg.model.model_dump(mode="json"), "sft": sft,
              "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}),
              "convention": cfg.reward.options.box_convention, "thinking": cfg.reward.options.thinking}
-    if cfg.sft.reading_order and cfg.data.task in ("counting", "detection"):  # answers that list boxes; a key part
-        parts["reading_order"] = True  # only when it changes the answers keeps the other tasks' cached warm starts
+    if cfg.sft.reading_order and cfg.data.task in LISTED_TASKS:  # a key part only where it changes the answers,
+        parts["reading_order"] = True  # so the other tasks' cached warm starts stay valid
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -21,10 +21,12 @@ def _box_text(box, label: str | None, convention: str, ctx: RewardContext) -> st
     return {"bbox_2d": [x1, y1, x2, y2], "label": label} if label else {"bbox_2d": [x1, y1, x2, y2]}
 
 
-def _reading_order(boxes: list, labels: list) -> tuple[list, list]:
-    """Boxes (and their labels) sorted top to bottom, then left to right, by their top-left corner."""
-    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], boxes[i][0]))
-    return [boxes[i] for i in order], [labels[i] for i in order]
+LISTED_TASKS = ("counting", "detection")  # answers that list boxes, so `reading_order` changes them
+
+
+def _top_left(box) -> tuple[float, float]:
+    """Reading-order sort key: top to bottom, then left to right, by the box's top-left corner."""
+    return box[1], box[0]
 
 
 def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qwen25vl",
@@ -43,16 +45,16 @@ def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qw
         r = COUNT_BOX_HALF / min(ctx.scale)  # the same size in the resized image whatever the scale
         boxes = [[x - r, y - r, x + r, y + r] for x, y in solution["points"]]
         if reading_order:
-            boxes, _ = _reading_order(boxes, boxes)
+            boxes.sort(key=_top_left)
         if convention == "qwen2vl":  # the released format: the object named once, then its boxes
             ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label else ""
             return ref + "".join(_box_text(b, None, convention, ctx) for b in boxes)
         items = [_box_text(b, label, convention, ctx) for b in boxes]
     elif task == "detection":
-        boxes, labels = solution["boxes"], solution["labels"]
+        pairs = list(zip(solution["boxes"], solution["labels"]))
         if reading_order:
-            boxes, labels = _reading_order(boxes, labels)
-        items = [_box_text(b, lab, convention, ctx) for b, lab in zip(boxes, labels)]
+            pairs.sort(key=lambda pair: _top_left(pair[0]))
+        items = [_box_text(b, lab, convention, ctx) for b, lab in pairs]
     else:
         raise ValueError(f"no answer format for task {task!r}")
     return "".join(items) if convention == "qwen2vl" else json.dumps(items)

@@ -1,4 +1,6 @@
 """The answers the warm start teaches are the ones the rewards score highest, in both box conventions."""
+import json
+
 import pytest
 
 from common.records import RewardContext
@@ -34,8 +36,6 @@ def test_the_perfect_answer_scores_the_maximum(task, convention, scale):
 
 @pytest.mark.parametrize("task", ["counting", "detection"])
 def test_reading_order_lists_the_same_boxes_top_to_bottom_and_still_scores_the_maximum(task):
-    import json
-
     reordered = 0
     for sample in SYNTHETIC[task](16, 0, 112, "train"):
         w, h = sample.image_size
@@ -43,7 +43,7 @@ def test_reading_order_lists_the_same_boxes_top_to_bottom_and_still_scores_the_m
         label = LABEL.get(task, lambda s: None)(sample)
         given = json.loads(format_answer(task, sample.solution, ctx, label=label))
         ordered = json.loads(format_answer(task, sample.solution, ctx, label=label, reading_order=True))
-        key = lambda item: (item["bbox_2d"][1], item["bbox_2d"][0])  # noqa: E731
+        key = lambda item: (item["bbox_2d"][1], item["bbox_2d"][0])
         assert ordered == sorted(given, key=key)  # the same items (labels stay with their boxes), top-left first
         reordered += ordered != given
         out = reward_fn(task)(json.dumps(ordered), ctx, RewardOptions())
