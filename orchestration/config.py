@@ -110,6 +110,8 @@ class SFTConfig(Strict):
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
     reading_order: bool = Field(True, description="teach counting and detection boxes listed top to bottom, left to "
                                                   "right (else as annotated): one order to learn, not every permutation")
+    vision_lr_scale: float = Field(1.0, ge=0, description="the vision tower's learning rate as a multiple of `lr`; "
+                                                          "0 freezes it (as Qwen2-VL fine-tuning recipes often do)")
     output_dir: str = Field("outputs/sft", description="cache: one checkpoint per task and settings, reused")
 
 

@@ -3,7 +3,10 @@
 Teaches a checkpoint each task's answer format (SPEC's prompts; qwen25vl JSON in resized-image pixels, or qwen2vl
 special tokens) on the training set's perfect answers (`reward_service/answers.py`; the boxes of counting and
 detection listed top to bottom, left to right, unless `sft.reading_order` is off), with cross-entropy on the answer
-tokens. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
+tokens. With `reward.options.thinking` the answer comes after a <think> block: for grounding scenes that annotate
+every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, from
+which the named object's box is copied; otherwise an empty one. `sft.vision_lr_scale` slows or (0) freezes the
+vision tower. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
 `sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
 
@@ -48,13 +51,27 @@ def answer_label(sample) -> str | None:
 
 def cache_key(cfg: RunConfig) -> str:
     """Everything the warm start depends on: the base model, the training data, the answer format, SFT itself."""
-    sft = cfg.sft.model_dump(mode="json", exclude={"enabled", "reading_order"})
+    sft = cfg.sft.model_dump(mode="json", exclude={"enabled", "reading_order", "vision_lr_scale"})
     parts = {"model": cfg.model.model_dump(mode="json"), "sft": sft,
              "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}),
              "convention": cfg.reward.options.box_convention, "thinking": cfg.reward.options.thinking}
+    if cfg.sft.vision_lr_scale != 1.0:  # in the key only when set, so earlier cached warm starts stay valid
+        parts["vision_lr_scale"] = cfg.sft.vision_lr_scale
+    if cfg.reward.options.thinking:  # the answers gained a <think> trace (a scene description for grounding)
+        parts["think_trace"] = "scene-description"
     if cfg.sft.reading_order and cfg.data.task in LISTED_TASKS:  # a key part only where it changes the answers,
         parts["reading_order"] = True  # so the other tasks' cached warm starts stay valid
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def param_groups(model, lr: float, vision_scale: float) -> list[dict]:
+    """AdamW groups: the vision tower (`model.model.visual`) at `lr * vision_scale`, frozen at 0; the rest at `lr`."""
+    visual = {id(p) for p in model.model.visual.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in visual]
+    if vision_scale == 0:
+        model.model.visual.requires_grad_(False)
+        return [{"params": rest, "lr": lr}]
+    return [{"params": rest, "lr": lr}, {"params": list(model.model.visual.parameters()), "lr": lr * vision_scale}]
 
 
 def warm_start(cfg: RunConfig, base_path: str) -> str:
@@ -73,7 +90,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     from learner.sequences import collate, response_logprobs
     from orchestration.datasets import build_datasets
     from orchestration.rollout import BadSample, encode_sample
-    from reward_service.answers import format_answer
+    from reward_service.answers import format_answer, scene_description, thinking_text
 
     s = cfg.sft
     torch.manual_seed(s.seed)
@@ -86,7 +103,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     model.train()
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     train_set, _ = build_datasets(cfg.data)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.vision_lr_scale), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * i / s.steps)))
     cache: dict[str, tuple] = {}
@@ -94,8 +111,12 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     def example(sample):
         if sample.id not in cache:  # prompts and answers encoded once
             prompt, ctx = encode_sample(processor, cfg, sample)
-            text = format_answer(sample.task, sample.solution, ctx, cfg.reward.options.box_convention,
+            convention = cfg.reward.options.box_convention
+            text = format_answer(sample.task, sample.solution, ctx, convention,
                                  label=answer_label(sample), reading_order=cfg.sft.reading_order)
+            if cfg.reward.options.thinking:
+                text = thinking_text(scene_description(sample.solution, ctx, convention)
+                                     if sample.task == "grounding" else "", text)
             cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
         return cache[sample.id]
 

@@ -72,7 +72,8 @@ def _scene(rng: random.Random, size: int, n: int, min_side: int, max_side: int):
 
 def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (2, 3)
                       ) -> list[Sample]:
-    """Two or three (`objects`) distinct shapes; the question names one by colour and shape; truth = its box."""
+    """Two or three (`objects`) distinct shapes; the question names one by colour and shape; truth = its box, and
+    every object's box and name (`scene`, for the warm start's description with the `thinking` option)."""
     from orchestration.prompts import grounding_prompt
 
     rng = random.Random(f"grounding-{split}-{seed}")
@@ -80,8 +81,10 @@ def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", 
     for i in range(n):
         image, objs = _scene(rng, size, rng.randint(*objects), size // 4, size // 2)
         colour, shape, box = rng.choice(objs)
+        scene = [{"box": [float(v) for v in b], "label": f"{c} {s}"} for c, s, b in objs]
         out.append(Sample(f"grounding-{split}-{seed}-{i}", "grounding", _png(image),
-                          grounding_prompt(f"{colour} {shape}"), {"box": [float(v) for v in box]}, (size, size)))
+                          grounding_prompt(f"{colour} {shape}"), {"box": [float(v) for v in box], "scene": scene},
+                          (size, size)))
     return out
 
 

@@ -29,6 +29,23 @@ def _top_left(box) -> tuple[float, float]:
     return box[1], box[0]
 
 
+def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl") -> str:
+    """A grounding scene described object by object, name first, then its box in the answer's coordinates, in
+    reading order: `red circle [12, 8, 40, 36]; blue square [...]`, from `solution["scene"]` (the synthetic scenes
+    annotate every object; "" where a sample does not). The warm start's <think> trace with `thinking`: the named
+    object's box is then a copy from text, found by its name."""
+    parts = []
+    for obj in sorted(solution.get("scene") or (), key=lambda o: _top_left(o["box"])):
+        x1, y1, x2, y2 = (round(v) for v in to_answer_space(obj["box"], convention, ctx.scale, ctx.orig_size))
+        parts.append(f"{obj['label']} [{x1}, {y1}, {x2}, {y2}]")
+    return "; ".join(parts)
+
+
+def thinking_text(thought: str, answer: str) -> str:
+    """The `thinking` layout the reward reads (reward_service/thinking.py)."""
+    return f"<think>{thought}</think><answer>{answer}</answer>"
+
+
 def format_answer(task: str, solution, ctx: RewardContext, convention: str = "qwen25vl",
                   label: str | None = None, reading_order: bool = False) -> str:
     """The answer that scores the task's maximum for ground truth `solution` (original-image pixels).

@@ -35,3 +35,20 @@ def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
     # Another seed is another cache entry.
     other = Path(warm_start(load_config(CONFIG, over + ["sft.seed=1"]), base))
     assert other != first and other.parent == first.parent
+
+
+def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_learns(tmp_path):
+    """`sft.vision_lr_scale: 0` (the grounding demo's setting, with the `thinking` scene description): the vision
+    tower's weights come out exactly as they went in, the language model's change, and the cache key differs."""
+    from orchestration.sft import cache_key
+
+    over = ["sft.steps=6", "sft.batch_size=4", "data.train_size=16", "data.eval_size=4", "sft.threads=1",
+            "reward.options.thinking=true", f"sft.output_dir={tmp_path / 'sft'}"]
+    cfg = load_config(CONFIG, over + ["sft.vision_lr_scale=0"])
+    base = prepare_model(cfg, tmp_path, warm=False)
+    out = run_sft(cfg, base, tmp_path / "frozen")
+    before, after = load_file(Path(base) / "model.safetensors"), load_file(out / "model.safetensors")
+    visual = [k for k in before if ".visual." in f".{k}"]
+    assert visual and all(torch.equal(before[k], after[k]) for k in visual)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in visual)
+    assert cache_key(cfg) != cache_key(load_config(CONFIG, over))

@@ -4,13 +4,14 @@ import json
 import pytest
 
 from common.records import RewardContext
+from orchestration.prompts import grounding_expression
 from orchestration.synthetic import SYNTHETIC
 from reward_service.answers import format_answer
 from reward_service.config import RewardOptions
 from reward_service.registry import reward_fn
 
 BEST = {"grounding": 2.0, "counting": 2.0, "ocr": 1.0, "detection": 3.0, "colour": 1.0}
-LABEL = {"grounding": lambda s: s.question.split("the ", 1)[1].split(" in the image")[0], "counting": lambda s: "dot"}
+LABEL = {"grounding": lambda s: grounding_expression(s.question), "counting": lambda s: "dot"}
 
 
 # Detection answers are Qwen2.5-VL JSON only (SPEC).
@@ -49,3 +50,32 @@ def test_reading_order_lists_the_same_boxes_top_to_bottom_and_still_scores_the_m
         out = reward_fn(task)(json.dumps(ordered), ctx, RewardOptions())
         assert out["total"] == pytest.approx(BEST[task])
     assert reordered > 0  # the synthetic scenes are not already drawn in reading order
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_grounding_scene_description_names_every_object_in_reading_order_and_holds_the_named_box(scale):
+    """The `thinking` warm start's trace: each object's name then its box (answer coordinates), top-left first; the
+    whole text is the layout the reward reads and scores the maximum plus the thinking format."""
+    from common.records import Rollout
+    from reward_service.answers import scene_description, thinking_text
+    from reward_service.worker import score_one
+
+    for sample in SYNTHETIC["grounding"](16, 0, 112, "train"):
+        w, h = sample.image_size
+        ctx = RewardContext(sample.id, "grounding", sample.solution, (scale, scale),
+                            (round(w * scale), round(h * scale)), (w, h))
+        label = LABEL["grounding"](sample)
+        answer = format_answer("grounding", sample.solution, ctx, label=label)
+        trace = scene_description(sample.solution, ctx)
+        items = [part.split(" [") for part in trace.split("; ")]
+        scene = sample.solution["scene"]
+        assert sorted(name for name, _ in items) == sorted(obj["label"] for obj in scene) and label in trace
+        tops = [[int(v) for v in coords.rstrip("]").split(", ")][1::-1] for _, coords in items]
+        assert tops == sorted(tops)  # (top, left) ascending: reading order
+        named = next(coords for name, coords in items if name == label)
+        assert json.loads(f"[{named}")[:4] == json.loads(answer)["bbox_2d"]  # the answer's box is in the trace
+        text = thinking_text(trace, answer)
+        out = score_one(Rollout(sample.id, [1], [2], text, [-0.1], 0, "stop"), ctx, RewardOptions(thinking=True))
+        assert out.components["thinking_format"] == 1.0 and out.reward == pytest.approx(BEST["grounding"] + 1.0,
+                                                                                        abs=0.15)
+    assert scene_description({"box": [0, 0, 5, 5]}, ctx) == ""  # a sample without a scene: no description
