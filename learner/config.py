@@ -49,6 +49,8 @@ class LearnerConfig(Strict):
                                   "measured fastest on CPU, 64 MB was 1.6x slower")
     cpus_per_rank: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    freeze_vision: bool = Field(False, description="train the language model only; the vision tower (`model.visual`) "
+                                                   "keeps its weights, as in EasyR1's freeze_vision_tower")
     shared_prefix: bool = Field(True, description="each prompt encoded once per micro-batch, its answers packed after "
                                                   "it behind a 4D attention mask (false: one full row per answer)")
 

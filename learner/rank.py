@@ -83,6 +83,8 @@ class LearnerRank:
             # a 3B model never sits whole in one rank's memory.
             hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841
             model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+            if cfg.freeze_vision:  # before the optimizer is built: frozen weights get no gradient and no state
+                model.model.visual.requires_grad_(False)
             if with_optimizer and cfg.gradient_checkpointing:
                 model.gradient_checkpointing_enable()
             params = [p for p in model.parameters() if p.requires_grad] if with_optimizer else None

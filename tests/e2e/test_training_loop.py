@@ -80,7 +80,10 @@ def run_sync_steps(cfg, model_path, exact_weights: bool) -> None:
             assert all(r["train/kl"] >= 0 for r in ranks)
             new_sums = _learner_sums(services)
             changed = [n for n in sums if new_sums[n] != sums[n]]
-            assert len(changed) >= len(sums) // 2, f"only {len(changed)} of {len(sums)} parameters changed"
+            trainable = [n for n in sums if not (cfg.learner.freeze_vision and ".visual." in f".{n}")]
+            assert len(changed) >= len(trainable) // 2, f"only {len(changed)} of {len(trainable)} parameters changed"
+            assert set(changed) <= set(trainable), "a frozen vision-tower weight changed"
+            assert len(trainable) < len(sums) or not cfg.learner.freeze_vision, "no vision weights to freeze?"
             sync_weights(services, version)
             assert ray.get(services.engines[0].policy_version.remote(), timeout=60) == version
             if exact_weights:
@@ -104,6 +107,12 @@ def run_sync_steps(cfg, model_path, exact_weights: bool) -> None:
 def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path):
     """The demo's policy: temperature 1, no truncation, an answer vocabulary."""
     cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}"])
+    run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
+
+
+def test_a_frozen_vision_tower_keeps_its_weights_while_the_language_model_learns(ray_cluster, tmp_path):
+    """`learner.freeze_vision` (the grounding demo's setting): the vision tower's weights never change."""
+    cfg = load_config(CONFIG, SMALL + ["learner.freeze_vision=true", f"train.output_dir={tmp_path}"])
     run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
 
 
