@@ -4,8 +4,8 @@ Teaches a checkpoint each task's answer format (SPEC's prompts; qwen25vl JSON in
 special tokens) on the training set's perfect answers (`reward_service/answers.py`; the boxes of counting and
 detection listed top to bottom, left to right, unless `sft.reading_order` is off), with cross-entropy on the answer
 tokens. With `reward.options.thinking` the answer comes after a <think> block: for grounding scenes that annotate
-every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, from
-which the named object's box is copied; otherwise an empty one. `sft.vision_lr_scale` slows or (0) freezes the
+every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, then the
+named object restated, from which the answer copies its box; otherwise an empty one. `sft.vision_lr_scale` slows or (0) freezes the
 vision tower. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
 `sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
@@ -115,7 +115,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
             text = format_answer(sample.task, sample.solution, ctx, convention,
                                  label=answer_label(sample), reading_order=cfg.sft.reading_order)
             if cfg.reward.options.thinking:
-                text = thinking_text(scene_description(sample.solution, ctx, convention)
+                text = thinking_text(scene_description(sample.solution, ctx, convention, answer_label(sample))
                                      if sample.task == "grounding" else "", text)
             cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
         return cache[sample.id]

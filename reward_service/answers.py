@@ -29,16 +29,21 @@ def _top_left(box) -> tuple[float, float]:
     return box[1], box[0]
 
 
-def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl") -> str:
+def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl", named: str | None = None) -> str:
     """A grounding scene described object by object, name first, then its box in the answer's coordinates, in
     reading order: `red circle [12, 8, 40, 36]; blue square [...]`, from `solution["scene"]` (the synthetic scenes
-    annotate every object; "" where a sample does not). The warm start's <think> trace with `thinking`: the named
-    object's box is then a copy from text, found by its name."""
-    parts = []
-    for obj in sorted(solution.get("scene") or (), key=lambda o: _top_left(o["box"])):
-        x1, y1, x2, y2 = (round(v) for v in to_answer_space(obj["box"], convention, ctx.scale, ctx.orig_size))
-        parts.append(f"{obj['label']} [{x1}, {y1}, {x2}, {y2}]")
-    return "; ".join(parts)
+    annotate every object; "" where a sample does not). The warm start's <think> trace with `thinking`. With `named`
+    (the question's expression) the named object is restated last, `. blue square [...]`: written after its name,
+    its box is a copy of the text that followed the same name in the description (an induction-style lookup), and
+    the answer copies it from there."""
+
+    def entry(label: str, box) -> str:
+        x1, y1, x2, y2 = (round(v) for v in to_answer_space(box, convention, ctx.scale, ctx.orig_size))
+        return f"{label} [{x1}, {y1}, {x2}, {y2}]"
+
+    scene = sorted(solution.get("scene") or (), key=lambda o: _top_left(o["box"]))
+    text = "; ".join(entry(obj["label"], obj["box"]) for obj in scene)
+    return f"{text}. {entry(named, solution['box'])}" if scene and named else text
 
 
 def thinking_text(thought: str, answer: str) -> str:

@@ -54,8 +54,8 @@ def test_reading_order_lists_the_same_boxes_top_to_bottom_and_still_scores_the_m
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_grounding_scene_description_names_every_object_in_reading_order_and_holds_the_named_box(scale):
-    """The `thinking` warm start's trace: each object's name then its box (answer coordinates), top-left first; the
-    whole text is the layout the reward reads and scores the maximum plus the thinking format."""
+    """The `thinking` warm start's trace: each object's name then its box (answer coordinates), top-left first, then
+    the named one restated; the whole text is the layout the reward reads and scores the maximum plus the format."""
     from common.records import Rollout
     from reward_service.answers import scene_description, thinking_text
     from reward_service.worker import score_one
@@ -66,7 +66,9 @@ def test_grounding_scene_description_names_every_object_in_reading_order_and_hol
                             (round(w * scale), round(h * scale)), (w, h))
         label = LABEL["grounding"](sample)
         answer = format_answer("grounding", sample.solution, ctx, label=label)
-        trace = scene_description(sample.solution, ctx)
+        trace, restated = scene_description(sample.solution, ctx, named=label).split(". ")
+        assert trace == scene_description(sample.solution, ctx)
+        assert restated.startswith(f"{label} [") and json.loads(restated[len(label):]) == json.loads(answer)["bbox_2d"]
         items = [part.split(" [") for part in trace.split("; ")]
         scene = sample.solution["scene"]
         assert sorted(name for name, _ in items) == sorted(obj["label"] for obj in scene) and label in trace
@@ -74,7 +76,7 @@ def test_grounding_scene_description_names_every_object_in_reading_order_and_hol
         assert tops == sorted(tops)  # (top, left) ascending: reading order
         named = next(coords for name, coords in items if name == label)
         assert json.loads(f"[{named}")[:4] == json.loads(answer)["bbox_2d"]  # the answer's box is in the trace
-        text = thinking_text(trace, answer)
+        text = thinking_text(f"{trace}. {restated}", answer)
         out = score_one(Rollout(sample.id, [1], [2], text, [-0.1], 0, "stop"), ctx, RewardOptions(thinking=True))
         assert out.components["thinking_format"] == 1.0 and out.reward == pytest.approx(BEST["grounding"] + 1.0,
                                                                                         abs=0.15)
