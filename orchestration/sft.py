@@ -58,7 +58,7 @@ def cache_key(cfg: RunConfig) -> str:
     if cfg.sft.vision_lr_scale != 1.0:  # in the key only when set, so earlier cached warm starts stay valid
         parts["vision_lr_scale"] = cfg.sft.vision_lr_scale
     if cfg.reward.options.thinking:  # the answers gained a <think> trace (a scene description for grounding)
-        parts["think_trace"] = "scene-description"
+        parts["think_trace"] = "scene-description, named restated"
     if cfg.sft.reading_order and cfg.data.task in LISTED_TASKS:  # a key part only where it changes the answers,
         parts["reading_order"] = True  # so the other tasks' cached warm starts stay valid
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
