@@ -4,9 +4,9 @@ Teaches a checkpoint each task's answer format (SPEC's prompts; qwen25vl JSON in
 special tokens) on the training set's perfect answers (`reward_service/answers.py`; the boxes of counting and
 detection listed top to bottom, left to right, unless `sft.reading_order` is off), with cross-entropy on the answer
 tokens. With `reward.options.thinking` the answer comes after a <think> block: for grounding scenes that annotate
-every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, then the
-named object restated, from which the answer copies its box; otherwise an empty one. `sft.vision_lr_scale` slows or (0) freezes the
-vision tower. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
+every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, then
+the named object restated, from which the answer copies its box; otherwise an empty one. `sft.vision_lr_scale`
+slows or (0) freezes the vision tower. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
 `sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from common.policy import Policy
 from common.records import TrainItem
 from orchestration.config import RunConfig, load_config
-from reward_service.answers import LISTED_TASKS
+from reward_service.answers import LISTED_TASKS, THINK_TRACE
 
 log = logging.getLogger("perception_r1")
 
@@ -58,7 +58,7 @@ def cache_key(cfg: RunConfig) -> str:
     if cfg.sft.vision_lr_scale != 1.0:  # in the key only when set, so earlier cached warm starts stay valid
         parts["vision_lr_scale"] = cfg.sft.vision_lr_scale
     if cfg.reward.options.thinking:  # the answers gained a <think> trace (a scene description for grounding)
-        parts["think_trace"] = "scene-description, named restated"
+        parts["think_trace"] = THINK_TRACE
     if cfg.sft.reading_order and cfg.data.task in LISTED_TASKS:  # a key part only where it changes the answers,
         parts["reading_order"] = True  # so the other tasks' cached warm starts stay valid
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -66,12 +66,13 @@ def cache_key(cfg: RunConfig) -> str:
 
 def param_groups(model, lr: float, vision_scale: float) -> list[dict]:
     """AdamW groups: the vision tower (`model.model.visual`) at `lr * vision_scale`, frozen at 0; the rest at `lr`."""
-    visual = {id(p) for p in model.model.visual.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in visual]
+    visual = list(model.model.visual.parameters())
+    ids = {id(p) for p in visual}
+    rest = {"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr}
     if vision_scale == 0:
         model.model.visual.requires_grad_(False)
-        return [{"params": rest, "lr": lr}]
-    return [{"params": rest, "lr": lr}, {"params": list(model.model.visual.parameters()), "lr": lr * vision_scale}]
+        return [rest]
+    return [rest, {"params": visual, "lr": lr * vision_scale}]
 
 
 def warm_start(cfg: RunConfig, base_path: str) -> str:
@@ -111,11 +112,11 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     def example(sample):
         if sample.id not in cache:  # prompts and answers encoded once
             prompt, ctx = encode_sample(processor, cfg, sample)
-            convention = cfg.reward.options.box_convention
-            text = format_answer(sample.task, sample.solution, ctx, convention,
-                                 label=answer_label(sample), reading_order=cfg.sft.reading_order)
+            convention, label = cfg.reward.options.box_convention, answer_label(sample)
+            text = format_answer(sample.task, sample.solution, ctx, convention, label=label,
+                                 reading_order=cfg.sft.reading_order)
             if cfg.reward.options.thinking:
-                text = thinking_text(scene_description(sample.solution, ctx, convention, answer_label(sample))
+                text = thinking_text(scene_description(sample.solution, ctx, convention, label)
                                      if sample.task == "grounding" else "", text)
             cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
         return cache[sample.id]

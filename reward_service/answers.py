@@ -13,8 +13,13 @@ from reward_service.boxes import to_answer_space
 COUNT_BOX_HALF = 3  # counting truth is points: the answer's box around each is this many pixels each way
 
 
+def _answer_box(box, convention: str, ctx: RewardContext) -> list[int]:
+    """A ground-truth box (original-image pixels) as the whole numbers an answer writes in `convention`."""
+    return [round(v) for v in to_answer_space(box, convention, ctx.scale, ctx.orig_size)]
+
+
 def _box_text(box, label: str | None, convention: str, ctx: RewardContext) -> str | dict:
-    x1, y1, x2, y2 = (round(v) for v in to_answer_space(box, convention, ctx.scale, ctx.orig_size))
+    x1, y1, x2, y2 = _answer_box(box, convention, ctx)
     if convention == "qwen2vl":
         ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label else ""
         return f"{ref}<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
@@ -29,6 +34,10 @@ def _top_left(box) -> tuple[float, float]:
     return box[1], box[0]
 
 
+THINK_TRACE = "scene-description, named restated"  # names what `scene_description` writes: the SFT cache key holds
+# it, so a change to the trace must change this name, or cached warm starts taught the old trace are reused
+
+
 def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl", named: str | None = None) -> str:
     """A grounding scene described object by object, name first, then its box in the answer's coordinates, in
     reading order: `red circle [12, 8, 40, 36]; blue square [...]`, from `solution["scene"]` (the synthetic scenes
@@ -38,8 +47,7 @@ def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl"
     the answer copies it from there."""
 
     def entry(label: str, box) -> str:
-        x1, y1, x2, y2 = (round(v) for v in to_answer_space(box, convention, ctx.scale, ctx.orig_size))
-        return f"{label} [{x1}, {y1}, {x2}, {y2}]"
+        return f"{label} [{', '.join(map(str, _answer_box(box, convention, ctx)))}]"
 
     scene = sorted(solution.get("scene") or (), key=lambda o: _top_left(o["box"]))
     text = "; ".join(entry(obj["label"], obj["box"]) for obj in scene)

@@ -111,7 +111,7 @@ def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path):
 
 
 def test_a_frozen_vision_tower_keeps_its_weights_while_the_language_model_learns(ray_cluster, tmp_path):
-    """`learner.freeze_vision` (the grounding demo's setting): the vision tower's weights never change."""
+    """`learner.freeze_vision`: the vision tower's weights never change, the rest still train and sync."""
     cfg = load_config(CONFIG, SMALL + ["learner.freeze_vision=true", f"train.output_dir={tmp_path}"])
     run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
 

@@ -38,8 +38,8 @@ def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
 
 
 def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_learns(tmp_path):
-    """`sft.vision_lr_scale: 0` (the grounding demo's setting, with the `thinking` scene description): the vision
-    tower's weights come out exactly as they went in, the language model's change, and the cache key differs."""
+    """`sft.vision_lr_scale: 0` (here with the `thinking` scene description): the vision tower's weights come out
+    exactly as they went in, the language model's change, and the cache key differs."""
     from orchestration.sft import cache_key
 
     over = ["sft.steps=6", "sft.batch_size=4", "data.train_size=16", "data.eval_size=4", "sft.threads=1",
