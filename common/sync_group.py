@@ -96,12 +96,20 @@ def create_sync_group(
     raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
+def _host_only(group: dist.ProcessGroup) -> bool:
+    """gloo sends host memory only: a CUDA learner or engine on a gloo sync group (one GPU shared by both, or a CPU
+    fallback engine) stages its buckets through a CPU copy."""
+    return isinstance(group, dist.ProcessGroupGloo)
+
+
 def send_partitions(group: dist.ProcessGroup, flats: Iterable[torch.Tensor], destinations: range) -> int:
     """A learner rank: send each bucket's flat partitions to every engine, preparing the next bucket while up to
     two are in flight. Returns the bytes sent."""
     in_flight: list[list] = []
     nbytes = 0
     for tag, flat in enumerate(flats):
+        if _host_only(group):
+            flat = flat.cpu()
         in_flight.append([flat, *(group.send([flat], dst, tag) for dst in destinations)])
         nbytes += flat.numel() * flat.element_size() * len(destinations)
         if len(in_flight) > 2:
@@ -119,6 +127,9 @@ def receive_partitions(group: dist.ProcessGroup, plan: WeightPlan,
     receive buffers, bucket by bucket as the learner ranks send them. The next bucket's receives are posted before
     the caller copies out the current one, so the transfer and the copy overlap. The last partition may run past
     the parameter's end (DeepSpeed's zero padding)."""
+
+    if _host_only(group):
+        device = "cpu"
 
     def post(tag: int):
         bucket = plan.buckets[tag]

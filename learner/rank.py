@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def deepspeed_config(cfg: LearnerConfig, grad_accum: int, with_optimizer: bool) 
     return ds
 
 
+def plain_cuda_arches(arch_list: str) -> str:
+    """TORCH_CUDA_ARCH_LIST without architecture variants ("9.0a" -> "9.0"). DeepSpeed 0.19's JIT op builder reads
+    each entry as numbers and fails on a variant (deepspeedai/DeepSpeed#7589; seen on an H200 whose image sets
+    "9.0a"), and its fused Adam uses no variant-only instruction."""
+    return re.sub(r"(\d+\.\d+)[a-z]\b", r"\1", arch_list)
+
+
 class LearnerRank:
     """Policy (and reference) model of one rank of the ZeRO-3 group."""
 
@@ -70,6 +78,8 @@ class LearnerRank:
             # DeepSpeed-inference's all_reduce uses it; ZeRO training communicates through torch.distributed.
             # (importlib: `import deepspeed.comm.torch as m` would bind torch itself, re-exported by deepspeed.comm)
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        elif "TORCH_CUDA_ARCH_LIST" in os.environ and not cfg.torch_adam:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = plain_cuda_arches(os.environ["TORCH_CUDA_ARCH_LIST"])
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         return_large_blocks_to_os()
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
