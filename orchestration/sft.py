@@ -7,7 +7,8 @@ tokens. With `reward.options.thinking` the answer comes after a <think> block: f
 every object (the synthetic ones), a description of the scene, each object named then boxed in reading order, then
 the named object restated, from which the answer copies its box; otherwise an empty one. `sft.vision_lr_scale`
 slows or (0) freezes the vision tower. Deterministic by `sft.seed`. The result is a from_pretrained checkpoint, cached under
-`sft.output_dir` by a key of everything it depends on, so later runs reuse it. With `sft.enabled`, `train` runs
+`sft.output_dir` by a key of everything it depends on (`cache_key`: settings, and the prompts and answers it teaches
+as rendered now), so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
 
     python -m orchestration.sft --config C [key.sub=value ...]
@@ -31,7 +32,6 @@ from tqdm import tqdm
 from common.policy import Policy
 from common.records import TrainItem
 from orchestration.config import RunConfig, load_config
-from reward_service.answers import LISTED_TASKS, THINK_TRACE
 
 log = logging.getLogger("perception_r1")
 
@@ -49,18 +49,45 @@ def answer_label(sample) -> str | None:
     return None
 
 
-def cache_key(cfg: RunConfig) -> str:
-    """Everything the warm start depends on: the base model, the training data, the answer format, SFT itself."""
-    sft = cfg.sft.model_dump(mode="json", exclude={"enabled", "reading_order", "vision_lr_scale"})
-    parts = {"model": cfg.model.model_dump(mode="json"), "sft": sft,
-             "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}),
-             "convention": cfg.reward.options.box_convention, "thinking": cfg.reward.options.thinking}
-    if cfg.sft.vision_lr_scale != 1.0:  # in the key only when set, so earlier cached warm starts stay valid
-        parts["vision_lr_scale"] = cfg.sft.vision_lr_scale
-    if cfg.reward.options.thinking:  # the answers gained a <think> trace (a scene description for grounding)
-        parts["think_trace"] = THINK_TRACE
-    if cfg.sft.reading_order and cfg.data.task in LISTED_TASKS:  # a key part only where it changes the answers,
-        parts["reading_order"] = True  # so the other tasks' cached warm starts stay valid
+KEY_SAMPLES = 32  # the cache key holds the prompts and answers of this many training samples, as taught now
+
+
+def target_text(cfg: RunConfig, sample, ctx) -> str:
+    """What the warm start teaches for `sample`: the task's perfect answer, after its <think> trace with
+    `thinking` (a scene description for grounding scenes that annotate every object, else empty)."""
+    from reward_service.answers import format_answer, scene_description, thinking_text
+
+    convention, label = cfg.reward.options.box_convention, answer_label(sample)
+    text = format_answer(sample.task, sample.solution, ctx, convention, label=label,
+                         reading_order=cfg.sft.reading_order)
+    if cfg.reward.options.thinking:
+        text = thinking_text(scene_description(sample.solution, ctx, convention, label)
+                             if sample.task == "grounding" else "", text)
+    return text
+
+
+def cache_key(cfg: RunConfig, base_path: str) -> str:
+    """Everything the warm start depends on: the base model, the training data, SFT's settings, and what it teaches,
+    read off the first `KEY_SAMPLES` training samples as they are rendered now (prompt tokens and target text). A
+    change to a prompt, an answer format, a thinking trace, or an option that changes them makes a new warm start;
+    nothing has to be bumped by hand."""
+    from transformers import AutoProcessor
+
+    from orchestration.datasets import build_datasets
+    from orchestration.rollout import BadSample, encode_sample
+
+    processor = AutoProcessor.from_pretrained(base_path)
+    taught = hashlib.sha256()
+    few, _ = build_datasets(cfg.data.model_copy(update={"train_size": KEY_SAMPLES, "eval_size": 1}))
+    for sample in few:
+        try:
+            prompt, ctx = encode_sample(processor, cfg, sample)
+        except BadSample as exc:
+            taught.update(f"bad: {exc}".encode())
+            continue
+        taught.update(json.dumps([prompt.prompt_token_ids, target_text(cfg, sample, ctx)]).encode())
+    parts = {"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json", exclude={"enabled"}),
+             "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}), "taught": taught.hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -77,7 +104,7 @@ def param_groups(model, lr: float, vision_scale: float) -> list[dict]:
 
 def warm_start(cfg: RunConfig, base_path: str) -> str:
     """The warm-started checkpoint of `base_path` for `cfg`: reused from the cache, or trained and cached."""
-    out = Path(cfg.sft.output_dir) / f"{cfg.data.task}-{cache_key(cfg)}"
+    out = Path(cfg.sft.output_dir) / f"{cfg.data.task}-{cache_key(cfg, base_path)}"
     if (out / "sft.json").is_file():
         log.info("warm start: reusing %s", out)
         return str(out)
@@ -91,8 +118,6 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     from learner.sequences import collate, response_logprobs
     from orchestration.datasets import build_datasets
     from orchestration.rollout import BadSample, encode_sample
-    from reward_service.answers import format_answer, scene_description, thinking_text
-
     s = cfg.sft
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
@@ -112,12 +137,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     def example(sample):
         if sample.id not in cache:  # prompts and answers encoded once
             prompt, ctx = encode_sample(processor, cfg, sample)
-            convention, label = cfg.reward.options.box_convention, answer_label(sample)
-            text = format_answer(sample.task, sample.solution, ctx, convention, label=label,
-                                 reading_order=cfg.sft.reading_order)
-            if cfg.reward.options.thinking:
-                text = thinking_text(scene_description(sample.solution, ctx, convention, label)
-                                     if sample.task == "grounding" else "", text)
+            text = target_text(cfg, sample, ctx)
             cache[sample.id] = (prompt, tokenizer.encode(text, add_special_tokens=False) + [eos])
         return cache[sample.id]
 
@@ -155,7 +175,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     (partial / "sft.json").write_text(json.dumps({
         "task": cfg.data.task, "steps": s.steps, "batch_size": s.batch_size, "seconds": time.perf_counter() - t0,
         "first_loss": sum(losses[:20]) / len(losses[:20]), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "key": cache_key(cfg), "base": base_path}, indent=2))
+        "key": cache_key(cfg, base_path), "base": base_path}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     log.info("warm start written to %s in %.0fs (loss %.3f)", out, time.perf_counter() - t0, losses[-1])

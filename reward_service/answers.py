@@ -26,16 +26,9 @@ def _box_text(box, label: str | None, convention: str, ctx: RewardContext) -> st
     return {"bbox_2d": [x1, y1, x2, y2], "label": label} if label else {"bbox_2d": [x1, y1, x2, y2]}
 
 
-LISTED_TASKS = ("counting", "detection")  # answers that list boxes, so `reading_order` changes them
-
-
 def _top_left(box) -> tuple[float, float]:
     """Reading-order sort key: top to bottom, then left to right, by the box's top-left corner."""
     return box[1], box[0]
-
-
-THINK_TRACE = "scene-description, named restated"  # names what `scene_description` writes: the SFT cache key holds
-# it, so a change to the trace must change this name, or cached warm starts taught the old trace are reused
 
 
 def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl", named: str | None = None) -> str:

@@ -51,4 +51,20 @@ def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_
     visual = [k for k in before if ".visual." in f".{k}"]
     assert visual and all(torch.equal(before[k], after[k]) for k in visual)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in visual)
-    assert cache_key(cfg) != cache_key(load_config(CONFIG, over))
+    assert cache_key(cfg, base) != cache_key(load_config(CONFIG, over), base)
+
+
+def test_the_cache_key_follows_what_is_taught(tmp_path):
+    """The key reads the prompts and answers the warm start would teach, so the thinking layout and the box
+    convention (reward options, no settings part of the key) each make a new warm start, while a setting that only
+    GRPO reads keeps the cached one."""
+    from orchestration.sft import cache_key
+
+    over = ["data.train_size=64", "data.eval_size=4", f"sft.output_dir={tmp_path / 'sft'}"]
+    cfg = load_config(CONFIG, over)
+    base = prepare_model(cfg, tmp_path, warm=False)
+    key = cache_key(cfg, base)
+    assert cache_key(load_config(CONFIG, over + ["grpo.beta=0.1", "train.steps=7", "learner.lr=1e-3"]), base) == key
+    changed = [cache_key(load_config(CONFIG, over + [o]), base)
+               for o in ("reward.options.thinking=true", "reward.options.box_convention=qwen2vl", "sft.seed=3")]
+    assert len({key, *changed}) == 4
