@@ -69,10 +69,16 @@ class DataConfig(Strict):
     image_size: int = Field(56, ge=28, description="synthetic scenes only")
     objects: tuple[int, int] | None = Field(None, description="synthetic grounding and detection scenes: the least "
                                                               "and most shapes per image (default 2-3 and 1-3)")
+    distinct: Literal["pair", "attributes"] = Field(
+        "pair", description="synthetic grounding scenes: 'pair', no two shapes of the same colour and kind (the "
+                            "name may need both its words); 'attributes', no two of the same colour or kind")
     seed: int = 0
 
     @model_validator(mode="after")
     def _objects(self) -> DataConfig:
+        if self.distinct != "pair" and (self.source != "synthetic" or self.task != "grounding"):
+            raise ValueError(f"data.distinct applies to synthetic grounding scenes, not source={self.source} "
+                             f"task={self.task}")
         if self.objects is None:
             return self
         if self.source != "synthetic" or self.task not in ("grounding", "detection"):

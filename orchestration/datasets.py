@@ -40,6 +40,8 @@ def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
     if cfg.source == "synthetic":
         make = SYNTHETIC[cfg.task]
         kw = {"objects": cfg.objects} if cfg.objects else {}
+        if cfg.distinct != "pair":
+            kw["distinct"] = cfg.distinct
         return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train", **kw),
                 make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval", **kw))
     if SOURCE_TASK[cfg.source] != cfg.task:

@@ -50,8 +50,10 @@ def colour_samples(n: int, seed: int, size: int = 56, split: str = "train") -> l
     return samples
 
 
-def _scene(rng: random.Random, size: int, n: int, min_side: int, max_side: int):
-    """`n` non-overlapping (colour, shape, box) objects on a light background; boxes are inclusive pixel bounds."""
+def _scene(rng: random.Random, size: int, n: int, min_side: int, max_side: int, distinct: str = "pair"):
+    """`n` non-overlapping (colour, shape, box) objects on a light background; boxes are inclusive pixel bounds.
+    `distinct`: "pair", no two objects of the same colour and shape; "attributes", no two of the same colour or of
+    the same shape."""
     image = Image.new("RGB", (size, size), tuple(rng.randint(215, 255) for _ in range(3)))
     draw, objects = ImageDraw.Draw(image), []
     for _ in range(200):
@@ -65,21 +67,24 @@ def _scene(rng: random.Random, size: int, n: int, min_side: int, max_side: int):
         colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
         if any((colour, shape) == (c, s) for c, s, _ in objects):
             continue
+        if distinct == "attributes" and any(colour == c or shape == s for c, s, _ in objects):
+            continue
         draw_shape(draw, shape, (box[0], box[1], box[2] - 1, box[3] - 1), RGB[colour])
         objects.append((colour, shape, box))
     return image, objects
 
 
-def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (2, 3)
-                      ) -> list[Sample]:
-    """Two or three (`objects`) distinct shapes; the question names one by colour and shape; truth = its box, and
-    every object's box and name (`scene`, for the warm start's description with the `thinking` option)."""
+def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (2, 3),
+                      distinct: str = "pair") -> list[Sample]:
+    """Two or three (`objects`) shapes; the question names one by colour and shape; truth = its box, and every
+    object's box and name (`scene`, for the warm start's description with the `thinking` option). `distinct`
+    ("pair" or "attributes"): whether the name may need both of its words (`_scene`)."""
     from orchestration.prompts import grounding_prompt
 
     rng = random.Random(f"grounding-{split}-{seed}")
     out = []
     for i in range(n):
-        image, objs = _scene(rng, size, rng.randint(*objects), size // 4, size // 2)
+        image, objs = _scene(rng, size, rng.randint(*objects), size // 4, size // 2, distinct)
         colour, shape, box = rng.choice(objs)
         scene = [{"box": [float(v) for v in b], "label": f"{c} {s}"} for c, s, b in objs]
         out.append(Sample(f"grounding-{split}-{seed}-{i}", "grounding", _png(image),

@@ -29,6 +29,7 @@ def test_unknown_key_in_file_is_named(tmp_path):
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("learner.dist_backend=nccl", "learner: Value error, learner.device=cpu needs dist_backend=gloo"),
     ("data.objects=[1, 1]", "data.objects applies to synthetic grounding and detection scenes"),
+    ("data.distinct=attributes", "data.distinct applies to synthetic grounding scenes"),
 ])
 def test_bad_override_is_named(override, named):
     with pytest.raises(ConfigError) as info:
@@ -79,3 +80,24 @@ def test_objects_per_scene_is_a_range():
     assert load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[1, 1]"]).data.objects == (1, 1)
     with pytest.raises(ConfigError, match=r"data.objects must be \[least, most\].*got \[3, 1\]"):
         load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[3, 1]"])
+
+
+@pytest.mark.parametrize("distinct", ["pair", "attributes"])
+def test_grounding_scenes_distinct_by_pair_or_by_each_attribute(distinct):
+    """'pair': no two shapes share colour and kind, and some names need both words; 'attributes': no two share
+    either, so each word alone names the object. The default's scenes are the ones drawn before the option."""
+    from orchestration.datasets import build_datasets
+
+    cfg = load_config(CONFIGS / "demo_cpu_grounding.yaml", [f"data.distinct={distinct}", "data.train_size=400",
+                                                            "data.eval_size=1"])
+    train, _ = build_datasets(cfg.data)
+    shared = 0
+    for s in train:
+        labels = [o["label"].split() for o in s.solution["scene"]]
+        assert len({tuple(w) for w in labels}) == len(labels)
+        colours, kinds = ({w[i] for w in labels} for i in (0, 1))
+        shared += len(colours) < len(labels) or len(kinds) < len(labels)
+    assert (shared > 100) if distinct == "pair" else shared == 0
+    if distinct == "pair":
+        assert train[0].question == "Output the bounding box of the blue triangle in the image."
+        assert train[0].solution["box"] == [4.0, 7.0, 60.0, 63.0]
