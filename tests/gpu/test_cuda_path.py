@@ -58,7 +58,12 @@ def _get(out, proc):
     return item
 
 
-def run_path(tmp_path, device: str, learner_opts: dict | None = None) -> dict:
+SMALL = {"hidden_size": 128, "num_layers": 4, "vision_hidden_size": 64}
+
+
+def run_path(tmp_path, device: str, learner_opts: dict | None = None, model: dict | None = None,
+             max_new_tokens: int = 24) -> dict:
+    """Every check of the module on `device`; `model` (write_tiny_qwen25vl's sizes) runs it at another scale."""
     from transformers import AutoProcessor
 
     from common.records import SamplingParams, TrainItem, TrainShard
@@ -69,7 +74,7 @@ def run_path(tmp_path, device: str, learner_opts: dict | None = None) -> dict:
     from orchestration.tiny_model import write_tiny_qwen25vl
     from rollout_workers.transformers_engine import TransformersEngine
 
-    path = str(write_tiny_qwen25vl(tmp_path / "tiny", hidden_size=128, num_layers=4, vision_hidden_size=64))
+    path = str(write_tiny_qwen25vl(tmp_path / "tiny", **(model or SMALL)))
     processor = AutoProcessor.from_pretrained(path)
     prompts = [encode_prompt(processor, s.id, s.load_image(), s.question, min_pixels=3136,
                              max_pixels=12544, max_prompt_tokens=512) for s in grounding_samples(2, seed=0)]
@@ -78,13 +83,13 @@ def run_path(tmp_path, device: str, learner_opts: dict | None = None) -> dict:
     assert next(engine.model.parameters()).dtype == torch.bfloat16
     sampling = {"temperature": 1.0, "top_k": 50, "top_p": 0.9}
     t0 = time.perf_counter()
-    groups = engine.generate(prompts, SamplingParams(n=GROUP, max_new_tokens=24, seed=0, **sampling))
+    groups = engine.generate(prompts, SamplingParams(n=GROUP, max_new_tokens=max_new_tokens, seed=0, **sampling))
     generate_s = time.perf_counter() - t0
     suppressed = set(engine.policy.suppressed_ids)
     for group in groups:
         assert len(group) == GROUP
         for r in group:
-            assert 1 <= len(r.response_token_ids) <= 24 and len(r.logprobs) == len(r.response_token_ids)
+            assert 1 <= len(r.response_token_ids) <= max_new_tokens and len(r.logprobs) == len(r.response_token_ids)
             assert all(lp <= 0 for lp in r.logprobs) and not suppressed & set(r.response_token_ids)
     # A stand-in reward that varies inside each group (a random model writes no box): distinct tokens per answer.
     rollouts = [r for g in groups for r in g]
@@ -118,7 +123,8 @@ def run_path(tmp_path, device: str, learner_opts: dict | None = None) -> dict:
                "logprob_gap_mean": gap, "logprob_gap_max": metrics["sampling/logprob_diff_max"],
                "loss": metrics["train/loss"], "grad_norm": metrics["train/grad_norm"],
                "learner_load_s": metrics["time/load_s"], "step_s": metrics["time/step_wall_s"],
-               "sync_bytes": sync["sync/bytes"], "receive_s": receive_s, "params_changed": len(changed),
+               "sync_bytes": sync["sync/bytes"], "send_s": sync["sync/rank_s"], "receive_s": receive_s,
+               "params_changed": len(changed),
                "params": len(after), "peak_gib": metrics.get("memory/peak_gib", 0.0)}
     print(f"\n{device} path {learner_opts or ''}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in figures.items()))
