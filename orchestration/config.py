@@ -94,6 +94,8 @@ class TrainConfig(Strict):
     prompts_per_step: int = Field(14, ge=1)
     seed: int = 0
     eval_every: int = Field(0, ge=0, description="0: evaluate only before and after training")
+    eval_batch: int = Field(256, ge=1, description="held-out prompts encoded and generated at a time in an evaluation "
+                                                  "(bounds the driver's memory: a real image encodes to 10-20 MB)")
     output_dir: str = "outputs/run"
     export_final: bool = Field(True, description="write a from_pretrained checkpoint of the policy at the end")
     max_staleness: int = Field(0, ge=0, le=1, description="0: each step's answers come from the current weights; "

@@ -66,46 +66,73 @@ def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:
 
 @dataclass
 class EvalSet:
-    """The held-out samples that could be prompted, encoded once for every evaluation of the run."""
+    """The held-out samples that could be prompted, with their reward contexts. Their prompts are encoded again,
+    `train.eval_batch` at a time, at each evaluation, never all held: a real image's encoded pixels take 10-20 MB
+    (COCO's 5,000 val images would be ~60 GB in the driver and in Ray's object store)."""
 
+    processor: object
     samples: list[Sample]
-    prompts: list
     contexts: list
 
 
 def encode_eval_set(processor, cfg: RunConfig, samples: list[Sample]) -> EvalSet:
-    """Encode the held-out set once; an unusable sample is left out, logged."""
-    out = EvalSet([], [], [])
+    """Check that every held-out sample can be prompted (an unusable one is left out, logged); keep its context."""
+    out = EvalSet(processor, [], [])
     for s in samples:
         try:
-            p, c = encode_sample(processor, cfg, s)
+            _, c = encode_sample(processor, cfg, s)
         except BadSample as exc:
             log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
             continue
         out.samples.append(s)
-        out.prompts.append(p)
         out.contexts.append(c)
-    if not out.prompts:
+    if not out.samples:
         raise ValueError("no usable sample in the eval set")
     return out
 
 
+EVAL_COUNTERS = ("reward/retries", "reward/timeouts", "reward/failed_groups")  # summed over the eval batches
+
+
 def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker: Tracker | None = None,
                     step: int = 0, images: int = 4) -> dict[str, float]:
-    """Greedy decoding of the held-out set on the running engines: mean reward, its components and the task's
-    metrics (`eval/...`); the first `images` scenes go to W&B with true (green) and predicted (red) boxes."""
-    from orchestration.evaluate import draw_example, task_metrics
+    """Greedy decoding of the held-out set on the running engines, `train.eval_batch` prompts at a time: mean
+    reward, its components and the task's metrics (`eval/...`); the first `images` scenes go to W&B with true
+    (green) and predicted (red) boxes."""
+    from orchestration.evaluate import task_metrics
+    from orchestration.rollout import rollout_metrics
     from reward_service.thinking import answer_part
 
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-    groups, metrics = generate_and_score(services, evals.prompts, evals.contexts, greedy)
-    out = {f"eval/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("reward/")}
+    samples, contexts, groups = [], [], []
+    counters = dict.fromkeys(EVAL_COUNTERS, 0.0)
+    for i in range(0, len(evals.samples), cfg.train.eval_batch):
+        batch = list(zip(evals.samples[i : i + cfg.train.eval_batch], evals.contexts[i : i + cfg.train.eval_batch]))
+        prompts = []
+        for s, c in batch:
+            try:
+                prompts.append(encode_sample(evals.processor, cfg, s)[0])
+            except BadSample as exc:  # readable at the start of the run, not now (a file gone): left out, logged
+                log.warning("eval: leaving out sample %s this time: %s", s.origin or s.id, exc)
+                continue
+            samples.append(s)
+            contexts.append(c)
+        if not prompts:
+            continue
+        batch_groups, metrics = generate_and_score(services, prompts, contexts[len(groups):], greedy)
+        groups += batch_groups
+        for k in EVAL_COUNTERS:
+            counters[k] += metrics[k]
+    out = {f"eval/{k.split('/', 1)[1]}": v for k, v in {**rollout_metrics(groups), **counters}.items()
+           if k.startswith("reward/")}
     opts = cfg.reward.options
     answers = [answer_part(g[0].rollout.response_text, opts.thinking) for g in groups]
-    task = task_metrics(cfg.data.task, evals.samples, answers, evals.contexts, [g[0] for g in groups], opts)
+    task = task_metrics(cfg.data.task, samples, answers, contexts, [g[0] for g in groups], opts)
     out.update({f"eval/{k}": v for k, v in task.items()})
     if tracker is not None and images and cfg.data.task != "colour":
-        shown = list(zip(evals.samples, answers, evals.contexts))[:images]
+        from orchestration.evaluate import draw_example
+
+        shown = list(zip(samples, answers, contexts))[:images]
         pictures = [draw_example(s, a, c, opts, None) for s, a, c in shown]
         tracker.log_images("eval/examples", pictures, [f"{s.question} -> {a[:120]}" for s, a, _ in shown], step)
     return out

