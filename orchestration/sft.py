@@ -86,7 +86,8 @@ def cache_key(cfg: RunConfig, base_path: str) -> str:
             taught.update(f"bad: {exc}".encode())
             continue
         taught.update(json.dumps([prompt.prompt_token_ids, target_text(cfg, sample, ctx)]).encode())
-    parts = {"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json", exclude={"enabled"}),
+    parts = {"model": cfg.model.model_dump(mode="json"),
+             "sft": cfg.sft.model_dump(mode="json", exclude={"enabled", "output_dir"}),  # the cache may move
              "data": cfg.data.model_dump(mode="json", exclude={"eval", "eval_size"}), "taught": taught.hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

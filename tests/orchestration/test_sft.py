@@ -57,7 +57,7 @@ def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_
 def test_the_cache_key_follows_what_is_taught(tmp_path):
     """The key reads the prompts and answers the warm start would teach, so the thinking layout and the box
     convention (reward options, no settings part of the key) each make a new warm start, while a setting that only
-    GRPO reads keeps the cached one."""
+    GRPO reads, or where the cache lives, keeps the cached one."""
     from orchestration.sft import cache_key
 
     over = ["data.train_size=64", "data.eval_size=4", f"sft.output_dir={tmp_path / 'sft'}"]
@@ -65,6 +65,7 @@ def test_the_cache_key_follows_what_is_taught(tmp_path):
     base = prepare_model(cfg, tmp_path, warm=False)
     key = cache_key(cfg, base)
     assert cache_key(load_config(CONFIG, over + ["grpo.beta=0.1", "train.steps=7", "learner.lr=1e-3"]), base) == key
+    assert cache_key(load_config(CONFIG, over + [f"sft.output_dir={tmp_path / 'moved'}"]), base) == key
     changed = [cache_key(load_config(CONFIG, over + [o]), base)
                for o in ("reward.options.thinking=true", "reward.options.box_convention=qwen2vl", "sft.seed=3")]
     assert len({key, *changed}) == 4
