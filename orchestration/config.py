@@ -75,7 +75,7 @@ class DataConfig(Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _objects(self) -> DataConfig:
+    def _synthetic_scene_options(self) -> DataConfig:
         if self.distinct != "pair" and (self.source != "synthetic" or self.task != "grounding"):
             raise ValueError(f"data.distinct applies to synthetic grounding scenes, not source={self.source} "
                              f"task={self.task}")

@@ -119,6 +119,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     from learner.sequences import collate, response_logprobs
     from orchestration.datasets import build_datasets
     from orchestration.rollout import BadSample, encode_sample
+
     s = cfg.sft
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
