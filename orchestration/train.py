@@ -66,29 +66,12 @@ def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:
 
 @dataclass
 class EvalSet:
-    """The held-out samples that could be prompted, with their reward contexts. Their prompts are encoded again,
-    `train.eval_batch` at a time, at each evaluation, never all held: a real image's encoded pixels take 10-20 MB
-    (COCO's 5,000 val images would be ~60 GB in the driver and in Ray's object store)."""
+    """The held-out samples and the processor that prompts them. Each evaluation encodes them `train.eval_batch` at a
+    time and holds no more: a real image's encoded pixels take 10-20 MB (COCO's 5,000 val images would be ~60 GB in
+    the driver and in Ray's object store)."""
 
     processor: object
     samples: list[Sample]
-    contexts: list
-
-
-def encode_eval_set(processor, cfg: RunConfig, samples: list[Sample]) -> EvalSet:
-    """Check that every held-out sample can be prompted (an unusable one is left out, logged); keep its context."""
-    out = EvalSet(processor, [], [])
-    for s in samples:
-        try:
-            _, c = encode_sample(processor, cfg, s)
-        except BadSample as exc:
-            log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
-            continue
-        out.samples.append(s)
-        out.contexts.append(c)
-    if not out.samples:
-        raise ValueError("no usable sample in the eval set")
-    return out
 
 
 EVAL_COUNTERS = ("reward/retries", "reward/timeouts", "reward/failed_groups")  # summed over the eval batches
@@ -96,9 +79,9 @@ EVAL_COUNTERS = ("reward/retries", "reward/timeouts", "reward/failed_groups")  #
 
 def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker: Tracker | None = None,
                     step: int = 0, images: int = 4) -> dict[str, float]:
-    """Greedy decoding of the held-out set on the running engines, `train.eval_batch` prompts at a time: mean
-    reward, its components and the task's metrics (`eval/...`); the first `images` scenes go to W&B with true
-    (green) and predicted (red) boxes."""
+    """Greedy decoding of the held-out set on the running engines, `train.eval_batch` prompts at a time (a sample
+    that cannot be prompted is left out, logged): mean reward, its components and the task's metrics
+    (`eval/...`); the first `images` scenes go to W&B with true (green) and predicted (red) boxes."""
     from orchestration.evaluate import task_metrics
     from orchestration.rollout import rollout_metrics
     from reward_service.thinking import answer_part
@@ -106,23 +89,25 @@ def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker:
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
     samples, contexts, groups = [], [], []
     counters = dict.fromkeys(EVAL_COUNTERS, 0.0)
-    for i in range(0, len(evals.samples), cfg.train.eval_batch):
-        batch = list(zip(evals.samples[i : i + cfg.train.eval_batch], evals.contexts[i : i + cfg.train.eval_batch]))
-        prompts = []
-        for s, c in batch:
+    n = cfg.train.eval_batch
+    for i in range(0, len(evals.samples), n):
+        kept = []  # (sample, prompt, context) for the batch's usable samples
+        for s in evals.samples[i : i + n]:
             try:
-                prompts.append(encode_sample(evals.processor, cfg, s)[0])
-            except BadSample as exc:  # readable at the start of the run, not now (a file gone): left out, logged
-                log.warning("eval: leaving out sample %s this time: %s", s.origin or s.id, exc)
-                continue
-            samples.append(s)
-            contexts.append(c)
-        if not prompts:
+                kept.append((s, *encode_sample(evals.processor, cfg, s)))
+            except BadSample as exc:
+                log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
+        if not kept:
             continue
-        batch_groups, metrics = generate_and_score(services, prompts, contexts[len(groups):], greedy)
+        batch, prompts, batch_contexts = (list(column) for column in zip(*kept))
+        batch_groups, metrics = generate_and_score(services, prompts, batch_contexts, greedy)
+        samples += batch
+        contexts += batch_contexts
         groups += batch_groups
         for k in EVAL_COUNTERS:
             counters[k] += metrics[k]
+    if not groups:
+        raise ValueError("no usable sample in the eval set")
     out = {f"eval/{k.split('/', 1)[1]}": v for k, v in {**rollout_metrics(groups), **counters}.items()
            if k.startswith("reward/")}
     opts = cfg.reward.options
@@ -208,7 +193,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     train_set, eval_set = build_datasets(cfg.data)
     sampler = PromptSampler(train_set, cfg.train.seed)
     skipped = SkippedSamples(cfg.data.max_bad_rows)
-    evals = encode_eval_set(processor, cfg, eval_set)
+    evals = EvalSet(processor, eval_set)
     sampling = SamplingParams(n=cfg.grpo.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     tracker = Tracker(cfg, out_dir, resume_step=state.step if state else None,

@@ -130,12 +130,12 @@ def test_evaluation_in_batches_scores_as_one_pass(ray_cluster, tmp_path):
     greedy, so 3 prompts at a time score the held-out set as all 12 at once."""
     from transformers import AutoProcessor
 
-    from orchestration.train import encode_eval_set, evaluate_policy
+    from orchestration.train import EvalSet, evaluate_policy
 
     cfg = load_config(CONFIG, SMALL + ["data.eval_size=12", f"train.output_dir={tmp_path}"])
     model_path = prepare_model(cfg, tmp_path)
     _, eval_set = build_datasets(cfg.data)
-    evals = encode_eval_set(AutoProcessor.from_pretrained(model_path), cfg, eval_set)
+    evals = EvalSet(AutoProcessor.from_pretrained(model_path), eval_set)
     assert len(evals.samples) == 12 and not hasattr(evals, "prompts"), "the eval set must not hold encoded pixels"
     services = start_services(cfg, model_path)
     try:
