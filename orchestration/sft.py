@@ -105,15 +105,17 @@ def param_groups(model, lr: float, vision_scale: float) -> list[dict]:
 
 def warm_start(cfg: RunConfig, base_path: str) -> str:
     """The warm-started checkpoint of `base_path` for `cfg`: reused from the cache, or trained and cached."""
-    out = Path(cfg.sft.output_dir) / f"{cfg.data.task}-{cache_key(cfg, base_path)}"
+    key = cache_key(cfg, base_path)
+    out = Path(cfg.sft.output_dir) / f"{cfg.data.task}-{key}"
     if (out / "sft.json").is_file():
         log.info("warm start: reusing %s", out)
         return str(out)
-    return str(run_sft(cfg, base_path, out))
+    return str(run_sft(cfg, base_path, out, key))
 
 
-def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
-    """Supervised training on the perfect answers; writes a from_pretrained checkpoint to `out` (atomically)."""
+def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -> Path:
+    """Supervised training on the perfect answers; writes a from_pretrained checkpoint to `out` (atomically).
+    `key`: the cache key it is stored under (`warm_start`), recorded in its sft.json."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from learner.sequences import collate, response_logprobs
@@ -175,7 +177,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path) -> Path:
     (partial / "sft.json").write_text(json.dumps({
         "task": cfg.data.task, "steps": s.steps, "batch_size": s.batch_size, "seconds": time.perf_counter() - t0,
         "first_loss": sum(losses[:20]) / len(losses[:20]), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "key": cache_key(cfg, base_path), "base": base_path}, indent=2))
+        "key": key, "base": base_path}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     log.info("warm start written to %s in %.0fs (loss %.3f)", out, time.perf_counter() - t0, losses[-1])

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from orchestration.config import load_config
-from orchestration.sft import run_sft, warm_start
+from orchestration.sft import cache_key, run_sft, warm_start
 from orchestration.train import prepare_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
@@ -22,6 +22,7 @@ def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
     info = json.loads((first / "sft.json").read_text())
     assert first.parent == tmp_path / "sft" and first.name.startswith("grounding-")
     assert info["steps"] == 40 and info["final_loss"] < 0.7 * info["first_loss"], info
+    assert first.name == f"grounding-{info['key']}" == f"grounding-{cache_key(cfg, base)}", info
 
     # Same settings: the cached checkpoint comes back untouched, nothing is trained again.
     stamp = (first / "sft.json").stat().st_mtime_ns
@@ -40,7 +41,6 @@ def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
 def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_learns(tmp_path):
     """`sft.vision_lr_scale: 0` (here with the `thinking` scene description): the vision tower's weights come out
     exactly as they went in, the language model's change, and the cache key differs."""
-    from orchestration.sft import cache_key
 
     over = ["sft.steps=6", "sft.batch_size=4", "data.train_size=16", "data.eval_size=4", "sft.threads=1",
             "reward.options.thinking=true", f"sft.output_dir={tmp_path / 'sft'}"]
@@ -58,7 +58,6 @@ def test_the_cache_key_follows_what_is_taught(tmp_path):
     """The key reads the prompts and answers the warm start would teach, so the thinking layout and the box
     convention (reward options, no settings part of the key) each make a new warm start, while a setting that only
     GRPO reads, or where the cache lives, keeps the cached one."""
-    from orchestration.sft import cache_key
 
     over = ["data.train_size=64", "data.eval_size=4", f"sft.output_dir={tmp_path / 'sft'}"]
     cfg = load_config(CONFIG, over)
