@@ -5,8 +5,9 @@ VENV_VLLM ?= .venv-vllm
 PYTHON ?= python3
 TASK   ?= grounding
 ARGS   ?=
-# TASK=grounding (default), counting, ocr, detection: configs/demo_cpu_<task>.yaml, a supervised warm start (built
-# once, cached under outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
+# TASK=grounding (default, one shape per scene), grounding_referring (two or three, the question naming one),
+# counting, ocr, detection: configs/demo_cpu_<task>.yaml, a supervised warm start (built once, cached under
+# outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_$(TASK).yaml)
 
 .PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean

@@ -1,11 +1,8 @@
-"""GRPO improves perception, in miniature: from a short supervised warm start, a short GRPO run through the real
-services (engine actor, reward pool, 2-rank ZeRO-3 learner, weight broadcast) with the paper's IoU^2 reward moves
-the held-out greedy boxes onto the objects.
-
-The scenes hold one shape each (`data.objects: [1, 1]`) so that a warm start of 200 supervised steps (under a
-minute) already answers in format and roughly knows where things are, leaving room that GRPO can take within the
-suite's budget; the full demo (two or three shapes, the question naming one) is `make train-demo`, README
-"Perception on a CPU"."""
+"""GRPO improves perception, in miniature: `make train-demo`'s grounding run, cut to its first 100 GRPO steps. From
+the demo's short supervised warm start (300 steps, ~1.5 min: in format, its boxes loosely on the shape), GRPO
+through the real services (engine actor, reward pool, 2-rank ZeRO-3 learner, weight broadcast) with the paper's
+IoU^2 reward tightens the held-out greedy boxes: Acc@0.5 19.5 -> 31 % at step 100 in the demo's runs (README,
+"Perception on a CPU")."""
 from pathlib import Path
 
 import pytest
@@ -19,12 +16,11 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_grounding.y
 
 
 @pytest.mark.timeout(900)
-def test_grpo_from_a_warm_start_moves_held_out_boxes_onto_the_objects(tmp_path):
+def test_grpo_from_a_warm_start_raises_held_out_grounding_accuracy(tmp_path):
     cfg = load_config(CONFIG, [
-        "data.objects=[1, 1]", "data.train_size=4096", "data.eval_size=200", "sft.steps=200",
-        f"sft.output_dir={tmp_path / 'sft'}", "learner.lr=1e-4", "train.steps=80", "train.eval_every=0",
-        "train.checkpoint_every=0", "train.export_final=false", f"train.output_dir={tmp_path / 'run'}",
-        "wandb.mode=offline"])
+        f"sft.output_dir={tmp_path / 'sft'}", "train.steps=100", "train.eval_every=0", "train.checkpoint_every=0",
+        "train.export_final=false", f"train.output_dir={tmp_path / 'run'}", "wandb.mode=offline"])
+    assert cfg.data.eval_size == 200
     result = train(cfg)
     before, after = result.history[0], result.history[-1]
     assert result.headline == "acc@0.5" and result.headline_after is not None
@@ -33,10 +29,9 @@ def test_grpo_from_a_warm_start_moves_held_out_boxes_onto_the_objects(tmp_path):
           f"mIoU {first['miou']:.3f} -> {last['miou']:.3f}, Acc@0.1 {first['acc@0.1']:.3f} -> {last['acc@0.1']:.3f}, "
           f"Acc@0.5 {result.headline_before:.3f} -> {result.headline_after:.3f}")
     assert first["format"] > 0.9, "the warm start must already answer in format"
-    assert last["miou"] >= first["miou"] + 0.02, (first, last)
-    assert last["acc@0.1"] >= first["acc@0.1"] + 0.05, (first, last)
+    assert result.headline_after >= result.headline_before + 0.05, (first, last)  # 10 of 200 held-out scenes
+    assert last["miou"] >= first["miou"] + 0.03, (first, last)
     assert result.eval_after > result.eval_before
-    assert last["acc@0.5"] >= first["acc@0.5"] - 0.02, "no blind, oversized box in exchange"
     assert after["policy/version"] == cfg.train.steps and before["sampling/logprob_diff"] < 1e-4
 
 

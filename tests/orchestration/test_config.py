@@ -68,16 +68,17 @@ def test_a_config_extends_its_base_key_by_key(tmp_path):
         load_config(tmp_path / "orphan.yaml")
 
 
-@pytest.mark.parametrize("task", ["grounding", "counting", "ocr", "detection"])
-def test_each_demo_task_config_extends_the_shared_perception_settings(task):
-    cfg = load_config(CONFIGS / f"demo_cpu_{task}.yaml")
+@pytest.mark.parametrize("demo", ["grounding", "grounding_referring", "counting", "ocr", "detection"])
+def test_each_demo_task_config_extends_the_shared_perception_settings(demo):
+    cfg = load_config(CONFIGS / f"demo_cpu_{demo}.yaml")
     shared = load_config(CONFIGS / "demo_cpu_perception.yaml")
-    assert cfg.data.task == task and cfg.sft.enabled and cfg.train.output_dir == f"outputs/demo_{task}"
+    assert cfg.data.task == demo.split("_")[0] and cfg.sft.enabled and cfg.train.output_dir == f"outputs/demo_{demo}"
     assert cfg.model == shared.model and cfg.grpo.scale_rewards == "batch"
 
 
 def test_objects_per_scene_is_a_range():
-    assert load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[1, 1]"]).data.objects == (1, 1)
+    assert load_config(CONFIGS / "demo_cpu_grounding.yaml").data.objects == (1, 1)  # the demo: one shape
+    assert load_config(CONFIGS / "demo_cpu_grounding_referring.yaml").data.objects is None  # two or three
     with pytest.raises(ConfigError, match=r"data.objects must be \[least, most\].*got \[3, 1\]"):
         load_config(CONFIGS / "demo_cpu_grounding.yaml", ["data.objects=[3, 1]"])
 
@@ -88,8 +89,8 @@ def test_grounding_scenes_distinct_by_pair_or_by_each_attribute(distinct):
     either, so each word alone names the object. The default's scenes are the ones drawn before the option."""
     from orchestration.datasets import build_datasets
 
-    cfg = load_config(CONFIGS / "demo_cpu_grounding.yaml", [f"data.distinct={distinct}", "data.train_size=400",
-                                                            "data.eval_size=1"])
+    cfg = load_config(CONFIGS / "demo_cpu_grounding_referring.yaml", [f"data.distinct={distinct}",
+                                                                      "data.train_size=400", "data.eval_size=1"])
     train, _ = build_datasets(cfg.data)
     shared = 0
     for s in train:
