@@ -41,7 +41,6 @@ def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
 def test_vision_lr_scale_zero_freezes_the_vision_tower_while_the_language_model_learns(tmp_path):
     """`sft.vision_lr_scale: 0` (here with the `thinking` scene description): the vision tower's weights come out
     exactly as they went in, the language model's change, and the cache key differs."""
-
     over = ["sft.steps=6", "sft.batch_size=4", "data.train_size=16", "data.eval_size=4", "sft.threads=1",
             "reward.options.thinking=true", f"sft.output_dir={tmp_path / 'sft'}"]
     cfg = load_config(CONFIG, over + ["sft.vision_lr_scale=0"])
@@ -58,7 +57,6 @@ def test_the_cache_key_follows_what_is_taught(tmp_path):
     """The key reads the prompts and answers the warm start would teach, so the thinking layout and the box
     convention (reward options, no settings part of the key) each make a new warm start, while a setting that only
     GRPO reads, or where the cache lives, keeps the cached one."""
-
     over = ["data.train_size=64", "data.eval_size=4", f"sft.output_dir={tmp_path / 'sft'}"]
     cfg = load_config(CONFIG, over)
     base = prepare_model(cfg, tmp_path, warm=False)
