@@ -110,7 +110,16 @@ class SFTConfig(Strict):
     """The supervised warm start (orchestration/sft.py); `enabled` makes `train` start GRPO from it."""
 
     enabled: bool = False
-    steps: int = Field(600, ge=1)
+    steps: int = Field(600, ge=1, description="supervised steps; with `target`, the most it may take")
+    target: float | None = Field(
+        None, description="stop once the probe set's headline metric reaches this (grounding Acc@0.5, counting "
+                          "exact count, detection AP50, colour accuracy: at or above; OCR edit distance: at or "
+                          "below), so the warm start's level does not hang on the CPU's float rounding; the "
+                          "learning rate is then constant after warm-up")
+    probe_size: int = Field(200, ge=1, description="training samples held out of the warm start to probe `target`")
+    probe_every: int = Field(10, ge=1, description="steps between probes (greedy decoding of the probe set)")
+    ema: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with "
+                                                             "this decay; the probes and the saved checkpoint use it")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,20 @@ from reward_service.worker import score_one
 
 TRUE, PRED = (0, 200, 0), (230, 0, 0)
 log = logging.getLogger("perception_r1")
+
+# The number each task is judged by (SPEC): grounding Acc@0.5, counting exact-count accuracy, OCR edit distance
+# (lower is better), detection COCO AP50.
+HEADLINE = {"grounding": "acc@0.5", "counting": "count_acc", "ocr": "edit_distance", "detection": "AP50",
+            "colour": "accuracy"}
+LOWER_IS_BETTER = {"edit_distance"}
+
+
+def reaches(metric: str, value: float | None, target: float) -> bool:
+    """Whether `value` of `metric` is at least as good as `target` (at or below it for a lower-is-better metric);
+    an undefined value (None) reaches nothing."""
+    if value is None:
+        return False
+    return value <= target if metric in LOWER_IS_BETTER else value >= target
 
 
 def official_coco_gt(annotation_file: str, samples: list[Sample]) -> dict:
@@ -110,8 +125,55 @@ def draw_example(sample: Sample, answer: str, ctx: RewardContext, opts: RewardOp
     return image
 
 
+@dataclass
+class GreedyAnswers:
+    """A greedy pass over samples: the ones that could be prompted with their answers (the <answer> part), reward
+    contexts and scored rollouts, in order, and the ones left out (`{"id", "origin", "reason"}`)."""
+
+    samples: list[Sample] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    contexts: list[RewardContext] = field(default_factory=list)
+    scored: list = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def metrics(self, cfg: RunConfig, coco_gt: dict | None = None) -> dict[str, float]:
+        """The task's metrics (`task_metrics`) and `reward_mean`."""
+        if not self.samples:
+            raise ValueError(f"no usable sample to evaluate ({len(self.skipped)} left out)")
+        out = task_metrics(cfg.data.task, self.samples, self.answers, self.contexts, self.scored,
+                           cfg.reward.options, coco_gt)
+        out["reward_mean"] = float(np.mean([s.reward for s in self.scored]))
+        return out
+
+
+def greedy_answers(engine, processor, cfg: RunConfig, samples: list[Sample], batch: int,
+                   progress: bool = False) -> GreedyAnswers:
+    """Greedy answers of an in-process engine for `samples`, `batch` prompts per generate call, each scored with
+    the task reward. A sample that cannot be prompted is logged and listed in `skipped`, never a crash."""
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
+    out = GreedyAnswers()
+    for i in tqdm(range(0, len(samples), batch), desc="eval", unit="batch", disable=not progress):
+        kept = []
+        for s in samples[i : i + batch]:
+            try:
+                kept.append((s, *encode_sample(processor, cfg, s)))
+            except BadSample as exc:
+                log.warning("eval: skipping sample %s: %s", s.origin or s.id, exc)
+                out.skipped.append({"id": s.id, "origin": s.origin, "reason": str(exc)})
+        if not kept:
+            continue
+        groups = engine.generate([p for _, p, _ in kept], greedy)
+        for (s, _, ctx), [rollout] in zip(kept, groups, strict=True):
+            out.samples.append(s)
+            out.answers.append(answer_part(rollout.response_text, cfg.reward.options.thinking))
+            out.contexts.append(ctx)
+            out.scored.append(score_one(rollout, ctx, cfg.reward.options))
+    return out
+
+
 def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples: int = 4, tracker=None) -> dict:
-    """Greedy answers for the eval split; writes `report.json` and example PNGs to out_dir; returns the report."""
+    """Greedy answers for the eval split (`train.eval_batch` prompts per generate call); writes `report.json` and
+    example PNGs to out_dir; returns the report."""
     from transformers import AutoProcessor
 
     from orchestration.datasets import build_datasets
@@ -122,35 +184,20 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     processor = AutoProcessor.from_pretrained(checkpoint)
     _, samples = build_datasets(cfg.data)
     engine = _engine(cfg, checkpoint)
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-    answers, contexts, scored, kept, skipped = [], [], [], [], []
     t0 = time.perf_counter()
-    for s in tqdm(samples, desc="eval", unit="sample"):
-        try:
-            prompt, ctx = encode_sample(processor, cfg, s)
-        except BadSample as exc:  # logged and listed in the report, never a crash
-            log.warning("eval: skipping sample %s: %s", s.origin or s.id, exc)
-            skipped.append({"id": s.id, "origin": s.origin, "reason": str(exc)})
-            continue
-        [[rollout]] = engine.generate([prompt], greedy)
-        kept.append(s)
-        answers.append(answer_part(rollout.response_text, opts.thinking))
-        contexts.append(ctx)
-        scored.append(score_one(rollout, ctx, opts))
+    done = greedy_answers(engine, processor, cfg, samples, cfg.train.eval_batch, progress=True)
     elapsed = time.perf_counter() - t0
+    metrics = done.metrics(cfg, coco_gt=official_coco_gt(cfg.data.eval.file, done.samples)
+                           if cfg.data.source == "coco" else None)
+    reward_mean = metrics.pop("reward_mean")
+    shown = list(zip(done.samples, done.answers, done.contexts))[:num_examples]
     report = {
-        "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(kept), "skipped": skipped,
-        "metrics": task_metrics(cfg.data.task, kept, answers, contexts, scored, opts,
-                                coco_gt=official_coco_gt(cfg.data.eval.file, kept) if cfg.data.source == "coco"
-                                else None),
-        "reward_mean": float(np.mean([s.reward for s in scored])) if scored else 0.0,
-        "reward_errors": sum(s.error is not None for s in scored),
-        "seconds": elapsed,
-        "examples": [{"id": s.id, "question": s.question, "answer": a, "solution": s.solution}
-                     for s, a in list(zip(kept, answers))[:num_examples]],
+        "task": cfg.data.task, "checkpoint": str(checkpoint), "num_samples": len(done.samples),
+        "skipped": done.skipped, "metrics": metrics, "reward_mean": reward_mean,
+        "reward_errors": sum(s.error is not None for s in done.scored), "seconds": elapsed,
+        "examples": [{"id": s.id, "question": s.question, "answer": a, "solution": s.solution} for s, a, _ in shown],
     }
-    images = [draw_example(s, a, c, opts, out / f"example_{i}.png")
-              for i, (s, a, c) in enumerate(list(zip(kept, answers, contexts))[:num_examples])]
+    images = [draw_example(s, a, c, opts, out / f"example_{i}.png") for i, (s, a, c) in enumerate(shown)]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if tracker is not None:
         tracker.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=0)

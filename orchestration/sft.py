@@ -115,11 +115,15 @@ def warm_start(cfg: RunConfig, base_path: str) -> str:
 
 def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -> Path:
     """Supervised training on the perfect answers; writes a from_pretrained checkpoint to `out` (atomically).
-    `key`: the cache key it is stored under (`warm_start`), recorded in its sft.json."""
+    With `sft.target`, the last `sft.probe_size` training samples are held out as a probe set, decoded greedily
+    every `sft.probe_every` steps, and training stops at the first probe whose headline metric reaches the target
+    (else at `sft.steps`, with a warning). `key`: the cache key it is stored under (`warm_start`), recorded in its
+    sft.json with the steps taken and every probe."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from learner.sequences import collate, response_logprobs
     from orchestration.datasets import build_datasets
+    from orchestration.evaluate import HEADLINE, reaches
     from orchestration.rollout import BadSample, encode_sample
 
     s = cfg.sft
@@ -133,9 +137,16 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     model.train()
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     train_set, _ = build_datasets(cfg.data)
+    # The weights probed and saved: the model itself, or an exponential moving average of it (torch's AveragedModel)
+    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        s.ema), use_buffers=True) if s.ema is not None else None)
+    kept = averaged.module if averaged is not None else model
+    probe = Probe(cfg, kept, processor, train_set) if s.target is not None else None
+    if probe is not None:
+        train_set = train_set[: -len(probe.samples)]
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.vision_lr_scale), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * i / s.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, s.warmup_steps, s.steps,
+                                                                                decay=s.target is None))
 
     def example(sample):
         """Encoded when drawn, never kept: ~1 ms for a demo scene, while a cache of every encoded prompt held
@@ -144,9 +155,9 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
         return prompt, tokenizer.encode(target_text(cfg, sample, ctx), add_special_tokens=False) + [eos]
 
     order: list[int] = []
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(s.steps), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
-    for _ in bar:
+    losses, probes, t0 = [], [], time.perf_counter()
+    bar = tqdm(range(1, s.steps + 1), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
+    for step in bar:
         batch, prompts = [], {}
         while len(batch) < s.batch_size:
             if not order:
@@ -168,20 +179,84 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if probe is not None and probe.due(step):
+            probes.append({"step": step, **probe.measure(step)})
+            if reaches(probe.metric, probes[-1][probe.metric], s.target):
+                break
+    steps = len(losses)
+    info = {"task": cfg.data.task, "steps": steps, "batch_size": s.batch_size,
+            "seconds": time.perf_counter() - t0, "first_loss": sum(losses[:20]) / len(losses[:20]),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "key": key, "base": base_path}
+    if probe is not None:
+        reached = reaches(probe.metric, probes[-1][probe.metric], s.target)
+        info.update({"target": {probe.metric: s.target}, "reached": reached, "probes": probes})
+        (log.info if reached else log.warning)(
+            "warm start: probe %s %.3f %s target %.3f at step %d (of at most %d; %d probe samples)", probe.metric,
+            probes[-1][probe.metric], "reaches" if reached else "has not reached", s.target, steps, s.steps,
+            len(probe.samples))
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    kept.save_pretrained(partial)
     processor.save_pretrained(partial)
-    (partial / "sft.json").write_text(json.dumps({
-        "task": cfg.data.task, "steps": s.steps, "batch_size": s.batch_size, "seconds": time.perf_counter() - t0,
-        "first_loss": sum(losses[:20]) / len(losses[:20]), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "key": key, "base": base_path}, indent=2))
+    (partial / "sft.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
-    log.info("warm start written to %s in %.0fs (loss %.3f)", out, time.perf_counter() - t0, losses[-1])
+    log.info("warm start written to %s in %.0fs after %d steps (loss %.3f)", out, time.perf_counter() - t0, steps,
+             losses[-1])
     return out
+
+
+def lr_factor(i: int, warmup: int, steps: int, decay: bool) -> float:
+    """The learning rate's multiple at optimizer step `i` (from 0): linear warm-up over `warmup` steps, then a
+    cosine decay to 0 at `steps`, or (`decay` false: a warm start stopped by its target, whose end is not known in
+    advance) constant."""
+    ramp = min(1.0, (i + 1) / max(1, warmup))
+    return ramp * (0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)) if decay else 1.0)
+
+
+class Probe:
+    """The warm start's yardstick: the last `sft.probe_size` training samples (held out of its training, apart from
+    the eval set), decoded greedily with the weights being trained; `measure` gives the task's metrics there.
+
+    Probes come every `sft.probe_every` steps once the headline metric is half-way from its first probe to the
+    target, and four times less often before (a probe of 200 demo scenes costs ~10 training steps)."""
+
+    COARSE = 4
+
+    def __init__(self, cfg: RunConfig, model, processor, train_set: list):
+        from orchestration.evaluate import HEADLINE
+        from rollout_workers.transformers_engine import TransformersEngine
+
+        size = cfg.sft.probe_size
+        if len(train_set) <= size:
+            raise ValueError(f"sft.probe_size={size} leaves no training sample of the {len(train_set)} in the "
+                             f"training set (data.train_size={cfg.data.train_size})")
+        self.cfg, self.processor, self.samples = cfg, processor, train_set[-size:]
+        self.metric = HEADLINE[cfg.data.task]
+        self.engine = TransformersEngine.from_model(model, processor.tokenizer, cfg.rollout.allowed_tokens)
+        self.first: float | None = None
+        self.near = False
+
+    def due(self, step: int) -> bool:
+        """Whether to probe after optimizer step `step` (the last allowed step is always probed)."""
+        every = self.cfg.sft.probe_every * (1 if self.near else self.COARSE)
+        return step % every == 0 or step == self.cfg.sft.steps
+
+    def measure(self, step: int) -> dict[str, float | None]:
+        from orchestration.evaluate import greedy_answers, reaches
+
+        done = greedy_answers(self.engine, self.processor, self.cfg, self.samples, self.cfg.train.eval_batch)
+        metrics = done.metrics(self.cfg)
+        value = metrics[self.metric]
+        if value is not None:
+            self.first = value if self.first is None else self.first
+            self.near = self.near or reaches(self.metric, value, (self.first + self.cfg.sft.target) / 2)
+        log.info("warm start step %d: probe %s %s", step, self.metric, "undefined" if value is None else f"{value:.3f}")
+        return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

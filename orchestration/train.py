@@ -19,6 +19,7 @@ from common.records import SamplingParams, Sample
 from orchestration.config import RunConfig, load_config
 from orchestration import checkpoint
 from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
+from orchestration.evaluate import HEADLINE
 from orchestration.rollout import BadSample, draw_prompts, encode_sample, generate_and_score, make_shards
 from orchestration.services import Services, get_learners, shutdown, start_ray, start_services, sync_weights
 from orchestration.tracking import Tracker
@@ -37,12 +38,6 @@ class TrainResult:
     headline: str | None = None  # the task's headline held-out metric, and its value before and after
     headline_before: float | None = None
     headline_after: float | None = None
-
-
-# The number each task is judged by (SPEC): grounding Acc@0.5, counting exact-count accuracy, OCR edit distance
-# (lower is better), detection COCO AP50.
-HEADLINE = {"grounding": "acc@0.5", "counting": "count_acc", "ocr": "edit_distance", "detection": "AP50",
-            "colour": "accuracy"}
 
 
 def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:

@@ -32,10 +32,20 @@ class TransformersEngine:
         if num_threads:
             torch.set_num_threads(num_threads)
         return_large_blocks_to_os()  # each decode step frees [rows, vocabulary] logits: give them back
-        self.device = torch.device(device)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(dtype)).to(self.device)
-        self.model.eval()
-        self.tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(dtype)).to(device)
+        self._setup(model, AutoProcessor.from_pretrained(model_path).tokenizer, allowed_tokens)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, allowed_tokens: list[str] | None = None) -> TransformersEngine:
+        """An engine over a model already in this process (the warm start's probe decodes with the model it is
+        training); the model is shared, not copied, and is put in eval mode while it generates."""
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, allowed_tokens)
+        return engine
+
+    def _setup(self, model, tokenizer, allowed_tokens: list[str] | None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
         gen = self.model.generation_config
         self.eos_ids = eos_token_ids(gen, self.tokenizer)
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
@@ -53,7 +63,12 @@ class TransformersEngine:
         if not requests:
             return []
         policy = replace(self.policy, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
-        tokens, logprobs = self._decode(requests, sampling, policy)
+        training = self.model.training
+        self.model.eval()
+        try:
+            tokens, logprobs = self._decode(requests, sampling, policy)
+        finally:
+            self.model.train(training)
         groups = []
         for i, req in enumerate(requests):
             rows = range(i * sampling.n, (i + 1) * sampling.n)

@@ -1,12 +1,14 @@
 """The supervised warm start: it learns the answers, is deterministic by seed, and is built once per settings."""
 import json
+import logging
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from orchestration.config import load_config
-from orchestration.sft import cache_key, run_sft, warm_start
+from orchestration.sft import cache_key, lr_factor, run_sft, warm_start
 from orchestration.train import prepare_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
@@ -66,3 +68,42 @@ def test_the_cache_key_follows_what_is_taught(tmp_path):
     changed = [cache_key(load_config(CONFIG, over + [o]), base)
                for o in ("reward.options.thinking=true", "reward.options.box_convention=qwen2vl", "sft.seed=3")]
     assert len({key, *changed}) == 4
+
+
+def test_a_target_stops_the_warm_start_at_the_first_probe_that_reaches_it(tmp_path, caplog):
+    """`sft.target`: probes on held-out training samples decide when to stop; sft.json records each probe, the
+    step it stopped at and whether the target was reached; the target is part of the cache key."""
+    over = ["sft.batch_size=4", "data.train_size=24", "data.eval_size=4", "sft.threads=1", "sft.probe_size=8",
+            "sft.probe_every=2", "sft.ema=0.9", "rollout.max_new_tokens=8", f"sft.output_dir={tmp_path / 'sft'}"]
+    cfg = load_config(CONFIG, over + ["sft.target=0.0", "sft.steps=50"])
+    base = prepare_model(cfg, tmp_path, warm=False)
+    with caplog.at_level(logging.INFO, logger="perception_r1"):
+        out = Path(warm_start(cfg, base))
+    info = json.loads((out / "sft.json").read_text())
+    # Far from the target (every value reaches 0.0): the first probe comes after 4 x probe_every steps, and stops.
+    assert info["steps"] == 8 and info["reached"] is True and info["target"] == {"acc@0.5": 0.0}, info
+    assert [p["step"] for p in info["probes"]] == [8] and 0.0 <= info["probes"][0]["acc@0.5"] <= 1.0
+    assert "probe acc@0.5" in caplog.text and "reaches target 0.000 at step 8" in caplog.text
+
+    # Out of reach: it stops at the cap, says so, and probes the cap itself.
+    capped = load_config(CONFIG, over + ["sft.target=1.0", "sft.steps=10"])
+    assert cache_key(capped, base) != cache_key(cfg, base)
+    info = json.loads((run_sft(capped, base, tmp_path / "capped") / "sft.json").read_text())
+    assert info["steps"] == 10 and info["reached"] is False
+    assert [p["step"] for p in info["probes"]] == [8, 10]
+    assert "has not reached target 1.000 at step 10 (of at most 10" in caplog.text
+
+
+def test_the_probe_set_must_leave_training_samples(tmp_path):
+    cfg = load_config(CONFIG, ["data.train_size=8", "sft.probe_size=8", "sft.target=0.5",
+                               f"sft.output_dir={tmp_path / 'sft'}"])
+    base = prepare_model(cfg, tmp_path, warm=False)
+    with pytest.raises(ValueError, match=r"sft.probe_size=8 leaves no training sample of the 8"):
+        run_sft(cfg, base, tmp_path / "out")
+
+
+def test_the_learning_rate_decays_to_zero_at_the_step_count_or_stays_constant_with_a_target():
+    assert lr_factor(0, 10, 100, decay=True) == pytest.approx(0.1)
+    assert lr_factor(50, 10, 100, decay=True) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100, decay=True) == pytest.approx(0.0)
+    assert [lr_factor(i, 10, 100, decay=False) for i in (0, 9, 50, 99)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
