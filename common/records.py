@@ -17,7 +17,8 @@ class Sample:
 
     id: str
     task: Task
-    image: str | bytes  # a path, or encoded image bytes; decoded lazily by `load_image`
+    image: Any  # a path, encoded image bytes, or a reference with `read() -> bytes | path` (a parquet table's
+    # image); decoded lazily by `load_image`
     question: str
     solution: Any
     image_size: tuple[int, int] | None = None  # original (width, height) when the source gives it
@@ -28,7 +29,8 @@ class Sample:
         `max_pixels` is refused from its header, before its pixels are decoded."""
         from PIL import Image
 
-        src = io.BytesIO(self.image) if isinstance(self.image, bytes) else Path(self.image)
+        data = self.image.read() if hasattr(self.image, "read") else self.image
+        src = io.BytesIO(data) if isinstance(data, bytes) else Path(data)
         with Image.open(src) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ValueError(f"image of {im.width} x {im.height} pixels is over data.max_image_pixels={max_pixels}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 from common.records import Sample
 from orchestration import loaders
@@ -15,40 +16,74 @@ SOURCE_TASK = {"coco": "detection", "refcoco": "grounding", "grounding_jsonl": "
                "pixmo_count": "counting", "pageocr": "ocr"}
 
 
+# The file forms each source reads (orchestration/loaders.py); `auto` picks by suffix.
+SOURCE_FORMATS = {"coco": ("json",), "refcoco": ("pickle", "parquet"), "grounding_jsonl": ("json",),
+                  "pixmo_count": ("json", "parquet"), "pageocr": ("json", "parquet")}
+SUFFIX_FORMAT = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".p": "pickle", ".pkl": "pickle",
+                 ".pickle": "pickle"}
+
+
+def split_format(cfg: DataConfig, files: SplitFiles, which: str) -> str:
+    """The form of a split's file: `data.<which>.format`, or from its suffix (a folder or glob: parquet)."""
+    allowed = SOURCE_FORMATS[cfg.source]
+    fmt = files.format
+    if fmt == "auto":
+        path = Path(files.file)
+        fmt = "parquet" if path.is_dir() or any(c in files.file for c in "*?[") else SUFFIX_FORMAT.get(
+            path.suffix.lower())
+        if fmt is None:
+            raise loaders.DataError(f"data.{which}.file {files.file!r}: cannot tell its format from the suffix "
+                                    f"{path.suffix!r}; data.source={cfg.source} reads {' or '.join(allowed)} "
+                                    f"(set data.{which}.format)")
+    if fmt not in allowed:
+        raise loaders.DataError(f"data.{which}.file {files.file!r} is {fmt}, but data.source={cfg.source} reads "
+                                f"{' or '.join(allowed)} (data.{which}.format)")
+    return fmt
+
+
 def _load_split(cfg: DataConfig, files: SplitFiles, which: str) -> list[Sample]:
     if not files.file or files.file.startswith("<"):
         raise loaders.DataError(f"data.{which}.file is not set for data.source={cfg.source!r}: "
                                 f"point it at your copy of the dataset (got {files.file!r})")
+    fmt = split_format(cfg, files, which)
     kw = {"max_bad_rows": cfg.max_bad_rows}
     if cfg.source == "coco":
         return loaders.load_coco(files.file, files.image_dir, **kw)
     if cfg.source == "refcoco":
+        if fmt == "parquet":
+            return loaders.load_refcoco_parquet(files.file, **kw)
         if not files.instances_file or not files.split:
-            raise loaders.DataError(f"data.{which}.instances_file and data.{which}.split are needed for refcoco")
+            raise loaders.DataError(f"data.{which}.instances_file and data.{which}.split are needed for the refcoco "
+                                    f"refs pickle")
         return loaders.load_refcoco(files.file, files.instances_file, files.image_dir, files.split, **kw)
     if cfg.source == "grounding_jsonl":
         return loaders.load_grounding_jsonl(files.file, files.image_dir, **kw)
     if cfg.source == "pixmo_count":
-        return loaders.load_pixmo_count(files.file, files.image_dir, **kw)
+        return loaders.load_pixmo_count(files.file, files.image_dir, fmt=fmt, **kw)
     if cfg.source == "pageocr":
-        return loaders.load_pageocr(files.file, files.image_dir, **kw)
+        return loaders.load_pageocr(files.file, files.image_dir, fmt=fmt, **kw)
     raise ValueError(f"unknown data.source {cfg.source!r}")
 
 
 def build_datasets(cfg: DataConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, held-out eval) samples."""
+    return build_split(cfg, "train"), build_split(cfg, "eval")
+
+
+def build_split(cfg: DataConfig, which: str) -> list[Sample]:
+    """One split's samples (`which`: "train" or "eval"): synthetic scenes drawn by seed, or the public files of
+    `data.<which>`, cut to `data.<which>_size` (the training subset as `data.subset` says, the eval set's first)."""
+    size = cfg.train_size if which == "train" else cfg.eval_size
     if cfg.source == "synthetic":
         make = SYNTHETIC[cfg.task]
         kw = {"objects": cfg.objects} if cfg.objects else {}
         if cfg.distinct != "pair":
             kw["distinct"] = cfg.distinct
-        return (make(cfg.train_size or 2048, cfg.seed, cfg.image_size, "train", **kw),
-                make(cfg.eval_size or 64, cfg.seed, cfg.image_size, "eval", **kw))
+        return make(size or (2048 if which == "train" else 64), cfg.seed, cfg.image_size, which, **kw)
     if SOURCE_TASK[cfg.source] != cfg.task:
         raise ValueError(f"data.source={cfg.source!r} holds {SOURCE_TASK[cfg.source]} data, not data.task={cfg.task!r}")
-    train = loaders.subset(_load_split(cfg, cfg.train, "train"), cfg.train_size, cfg.subset, cfg.seed)
-    evaluation = loaders.subset(_load_split(cfg, cfg.eval, "eval"), cfg.eval_size, "first", cfg.seed)
-    return train, evaluation
+    samples = _load_split(cfg, cfg.train if which == "train" else cfg.eval, which)
+    return loaders.subset(samples, size, cfg.subset if which == "train" else "first", cfg.seed)
 
 
 class PromptSampler:

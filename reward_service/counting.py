@@ -33,20 +33,30 @@ DEFAULT_MAX_ITEMS = 256
 
 
 def counting_reward(answer: str, gt_points, *, convention: str, scale, orig_size, resized_size,
-                    max_items: int = DEFAULT_MAX_ITEMS) -> dict[str, float]:
+                    max_items: int = DEFAULT_MAX_ITEMS, count: int | None = None) -> dict[str, float]:
+    """Components `format`, `answer`, `count_error` and `total` of one answer. `gt_points` [M, 2] in original
+    pixels; None for a count-only row (PixMo-Count's validation and test splits), whose `answer` is the count ratio
+    min(N, M) / max(N, M) alone, with no distance term. A true count of 0 is answered by an empty list (SPEC: the
+    maximum); any box there is a false positive."""
+    m = len(gt_points) if gt_points is not None else int(count)
     boxes = parse_boxes(answer, convention)
+    if boxes == [] and m == 0:
+        return {"format": 1.0, "answer": 1.0, "count_error": 0.0, "total": 2.0}
     if not boxes or any(b is None for b in boxes):
-        return {"format": 0.0, "answer": 0.0, "count_error": float(len(gt_points)), "total": 0.0}
-    pred = np.array([[(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2] for b in boxes[:max_items]], dtype=np.float64)
-    gt = points_to_answer_space(gt_points, convention, scale, orig_size)
-    n, m = len(boxes), len(gt)
+        return {"format": 0.0, "answer": 0.0, "count_error": float(m), "total": 0.0}
+    n = len(boxes)
     if m == 0:
         return {"format": 1.0, "answer": 0.0, "count_error": float(n), "total": 1.0}
+    ratio = min(n, m) / max(n, m)
+    if gt_points is None:
+        return {"format": 1.0, "answer": ratio, "count_error": float(abs(n - m)), "total": 1.0 + ratio}
+    pred = np.array([[(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2] for b in boxes[:max_items]], dtype=np.float64)
+    gt = points_to_answer_space(gt_points, convention, scale, orig_size)
     dist = np.linalg.norm(pred[:, None, :] - gt[None, :, :], axis=-1)
     rows, cols = linear_sum_assignment(dist)
     mean_dist = float(dist[rows, cols].mean())
     diag = answer_space_diagonal(convention, resized_size)
-    ans = min(n, m) / max(n, m) * max(0.0, 1.0 - mean_dist / diag)
+    ans = ratio * max(0.0, 1.0 - mean_dist / diag)
     return {"format": 1.0, "answer": ans, "count_error": float(abs(n - m)), "total": 1.0 + ans}
 
 

@@ -1,7 +1,7 @@
 """Maps a task to its reward: (answer text, RewardContext, RewardOptions) -> components with a 'total'.
 
 Ground truth in `RewardContext.solution`, per task (boxes in pixels of the original image):
-grounding {"box": [x1, y1, x2, y2]}; counting {"points": [[x, y], ...]}; ocr {"text": str};
+grounding {"box": [x1, y1, x2, y2]}; counting {"points": [[x, y], ...] or None, "count": int}; ocr {"text": str};
 detection {"boxes": [[x1, y1, x2, y2], ...], "labels": [...], "categories": [...]}; colour: the colour name.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ REWARDS: dict[str, RewardFn] = {
     "grounding": lambda answer, ctx, opts: grounding_reward(
         answer, ctx.solution["box"], iou_power=opts.iou_power, **_geometry(ctx, opts)),
     "counting": lambda answer, ctx, opts: counting_reward(
-        answer, ctx.solution["points"], resized_size=ctx.resized_size, max_items=opts.max_items,
-        **_geometry(ctx, opts)),
+        answer, ctx.solution["points"], count=ctx.solution.get("count"), resized_size=ctx.resized_size,
+        max_items=opts.max_items, **_geometry(ctx, opts)),
     "ocr": lambda answer, ctx, opts: ocr_reward(answer, ctx.solution["text"]),
     "detection": lambda answer, ctx, opts: detection_reward(
         answer, ctx.solution["boxes"], ctx.solution["labels"], opts.categories or ctx.solution["categories"],
