@@ -10,7 +10,7 @@ ARGS   ?=
 # outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_$(TASK).yaml)
 
-.PHONY: setup setup-gpu setup-vllm test test-vllm check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean
+.PHONY: setup setup-gpu setup-vllm test test-vllm test-compat check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,13 @@ VLLM_CACHE ?= $(CURDIR)/.cache/vllm
 test-vllm: setup-vllm
 	VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind VLLM_CACHE_ROOT=$(VLLM_CACHE) \
 		TORCHINDUCTOR_CACHE_DIR=$(VLLM_CACHE)/inductor $(VENV_VLLM)/bin/python -m pytest -m vllm
+
+# The oldest pycocotools the project admits (2.0.10), in a folder ahead of the venv's, under the COCO AP tests.
+COMPAT ?= $(CURDIR)/.cache/compat
+test-compat: setup
+	rm -rf $(COMPAT) && $(VENV)/bin/pip install --quiet --no-deps --target $(COMPAT) pycocotools==2.0.10
+	PYTHONPATH=$(COMPAT) $(PY) -c "from importlib.metadata import version as v; assert v('pycocotools') == '2.0.10'"
+	PYTHONPATH=$(COMPAT) $(PY) -m pytest -q -s tests/reward_service/test_detection.py -k coco_ap
 
 # Proves the `gpu` extra (vLLM 0.33 with its own torch pins) resolves, without downloading any CUDA wheel.
 check-gpu-extra: setup

@@ -37,10 +37,22 @@ def group_advantages(
     return centred.reshape(-1)
 
 
+# Log-ratios are clamped to +-20 before exp (e^20 ~ 5e8): a token that one policy all but excludes would otherwise
+# overflow to inf and turn the loss and its gradient to NaN. veRL clamps its low-variance KL the same way.
+LOG_RATIO_CLAMP = 20.0
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1, always >= 0. [B, T]."""
-    d = ref_logprobs - logprobs
+    """Per-token k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1, always >= 0 and finite (the
+    log-ratio clamped to +-LOG_RATIO_CLAMP). [B, T]."""
+    d = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1
+
+
+def _masked(x: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    """`x` with 0 wherever `keep` is False: log-probs at padded or masked positions may be anything (-inf for a
+    pad id outside the answer vocabulary, NaN), and inf * 0 is NaN, in the loss and in its gradient alike."""
+    return None if x is None else torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def grpo_loss(
@@ -71,15 +83,18 @@ def grpo_loss(
     several ranks add up to the loss of the whole batch. With one update per batch old == logprobs.detach(), the
     ratio is 1 and clipping is inert; clip_eps_high > clip_eps_low is DAPO's clip-higher.
     """
+    keep = mask.bool()
+    logprobs, old_logprobs = _masked(logprobs, keep), _masked(old_logprobs, keep)
+    ref_logprobs, behavior_logprobs = _masked(ref_logprobs, keep), _masked(behavior_logprobs, keep)
     mask = mask.to(logprobs.dtype)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
     per_token = torch.maximum(-adv * ratio, -adv * clipped)
     weight = None
     if behavior_logprobs is not None and tis_cap is not None:
         with torch.no_grad():
-            weight = torch.clamp(torch.exp(old_logprobs - behavior_logprobs), max=tis_cap)
+            weight = torch.exp((old_logprobs - behavior_logprobs).clamp(max=LOG_RATIO_CLAMP)).clamp(max=tis_cap)
         per_token = per_token * weight
     kl = k3_kl(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
     if beta:

@@ -61,7 +61,7 @@ def task_metrics(task: str, samples: list[Sample], answers: list[str], contexts:
         return grounding_metrics([s.components.get("iou", 0.0) for s in scored])
     if task == "counting":
         return counting_metrics([_per_answer(count_boxes, None, a, opts.box_convention) for a in answers],
-                                [len(s.solution["points"]) for s in samples])
+                                [s.solution["count"] for s in samples])
     if task == "ocr":
         return ocr_metrics(answers, [s.solution["text"] for s in samples])
     if task == "detection":
@@ -106,7 +106,7 @@ def true_boxes(sample: Sample) -> list[list[float]]:
     if sample.task == "detection":
         return sol["boxes"]
     if sample.task == "counting":
-        return [[x - 2, y - 2, x + 2, y + 2] for x, y in sol["points"]]
+        return [[x - 2, y - 2, x + 2, y + 2] for x, y in sol["points"] or ()]
     return []
 
 
@@ -176,13 +176,13 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     example PNGs to out_dir; returns the report."""
     from transformers import AutoProcessor
 
-    from orchestration.datasets import build_datasets
+    from orchestration.datasets import build_split
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     opts = cfg.reward.options
     processor = AutoProcessor.from_pretrained(checkpoint)
-    _, samples = build_datasets(cfg.data)
+    samples = build_split(cfg.data, "eval")
     engine = _engine(cfg, checkpoint)
     t0 = time.perf_counter()
     done = greedy_answers(engine, processor, cfg, samples, cfg.train.eval_batch, progress=True)

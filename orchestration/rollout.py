@@ -20,7 +20,9 @@ from orchestration.services import restart_engine
 
 
 class BadSample(ValueError):
-    """A sample that cannot be prompted: missing, unreadable or oversized image, or a prompt over the token limit."""
+    """A sample that cannot become a prompt: its image is missing, unreadable, oversized, or refused by the resize
+    or the processor (e.g. an aspect ratio over 200), its prompt is over the token limit, or its row holds no
+    usable answer. The message gives the cause; callers log it with the sample's origin (file:row)."""
 
 
 # What a broken image file raises from PIL (UnidentifiedImageError and truncated files are OSErrors).
@@ -28,21 +30,30 @@ _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def encode_sample(processor, cfg: RunConfig, sample: Sample) -> tuple[EncodedPrompt, RewardContext]:
-    """The prompt as both engines and learner will see it, and what the reward needs to score its answers."""
+    """The prompt as both engines and learner will see it, and what the reward needs to score its answers.
+    Every way a sample can fail here (decode, resize, processor, length) raises `BadSample`, which each caller
+    turns into a skipped, logged and counted sample; a bug elsewhere is not caught."""
     try:
         image = sample.load_image(max_pixels=cfg.data.max_image_pixels)
     except _IMAGE_ERRORS as exc:
-        raise BadSample(f"image {sample.image if isinstance(sample.image, str) else '<bytes>'}: "
-                        f"{type(exc).__name__}: {exc}") from exc
+        raise BadSample(f"image {_image_name(sample)}: {type(exc).__name__}: {exc}") from exc
     question = sample.question + (THINKING_SUFFIX if cfg.reward.options.thinking else "")
     try:
         p = encode_prompt(processor, sample.id, image, question, min_pixels=cfg.model.min_pixels,
                           max_pixels=cfg.model.max_pixels, max_prompt_tokens=cfg.model.max_prompt_tokens)
     except PromptTooLongError as exc:  # never truncated: a multimodal prompt cut short loses image tokens
         raise BadSample(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - the resize or processor refused this image: skip the sample
+        raise BadSample(f"image {_image_name(sample)} of {image.width} x {image.height} refused by the "
+                        f"resize or the processor: {type(exc).__name__}: {exc}") from exc
     ctx = RewardContext(sample.id, sample.task, sample.solution, p.scale, (p.image.shape[1], p.image.shape[0]),
                         image.size)
     return p, ctx
+
+
+def _image_name(sample: Sample) -> str:
+    return sample.image if isinstance(sample.image, str) else "<bytes>" if isinstance(sample.image, bytes) \
+        else str(sample.image)
 
 
 def encode(processor, cfg: RunConfig, samples: list[Sample]) -> tuple[list[EncodedPrompt], list[RewardContext]]:

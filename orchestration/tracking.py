@@ -54,9 +54,11 @@ class Tracker:
     def run_id(self) -> str | None:
         return None if self.run is None else self.run.id
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def log(self, metrics: dict[str, float | None], step: int) -> None:
+        """A metric that is undefined here (None, e.g. COCO's AP of a size no image holds) is left out of W&B, so
+        no chart shows a made-up 0, and written as null to metrics.jsonl."""
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
 

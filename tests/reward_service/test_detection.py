@@ -121,6 +121,27 @@ def test_coco_ap_perfect_is_one():
                2: "[" + item([20, 30, 120, 130], "toothbrush") + "]"}
     ap = coco_ap(_coco_gt(), _results(answers))
     assert ap["AP"] == pytest.approx(1.0) and ap["AP50"] == pytest.approx(1.0)
+    assert ap["APm"] == pytest.approx(1.0) and ap["APl"] == pytest.approx(1.0)
+    assert ap["APs"] is None, "no small object: COCOeval's -1 is undefined, not a score"
+
+
+def test_coco_ap_is_zero_where_defined_without_predictions_and_undefined_without_objects():
+    assert coco_ap(_coco_gt(), []) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": 0.0, "APl": 0.0}
+    empty = {**_coco_gt(), "annotations": []}
+    assert coco_ap(empty, []) == dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"))
+
+
+def test_coco_ap_runs_on_the_installed_pycocotools_without_an_info_key():
+    """pycocotools 2.0.9 and 2.0.10 index the ground truth's `info` unconditionally (`make test-compat` runs this
+    file under 2.0.10); the dicts built here have none."""
+    from importlib.metadata import version
+
+    gt = _coco_gt()
+    assert "info" not in gt
+    answers = {1: "[" + item([10, 10, 60, 60], "person") + "," + item([100, 100, 180, 160], "dog") + "]",
+               2: "[" + item([20, 30, 120, 130], "toothbrush") + "]"}
+    print(f"pycocotools {version('pycocotools')}")
+    assert coco_ap(gt, _results(answers))["AP"] == pytest.approx(1.0)
 
 
 def test_coco_ap_partial_case_hand_checked():
