@@ -14,6 +14,16 @@ class LearnerActor:
 
         return free_port()
 
+    def check_storage(self, out_dir: str, token: str, model_path: str) -> tuple[str, str]:
+        """Before `setup`: this node sees the driver's run directory and the model (common/storage.py). Returns
+        (Ray node id, working directory) for the driver's log."""
+        import os
+
+        from common.storage import check_shared_storage
+
+        check_shared_storage(out_dir, token, model_path)
+        return ray.get_runtime_context().get_node_id(), os.getcwd()
+
     def setup(self, *args, **kwargs) -> None:
         from learner.rank import LearnerRank
 

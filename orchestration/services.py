@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError
@@ -87,6 +88,42 @@ def start_ray(cfg: RunConfig) -> str:
     return how
 
 
+class ClusterTooSmall(RuntimeError):
+    """The Ray cluster lacks the GPUs, CPUs or custom resources the config's actors ask for."""
+
+
+def required_resources(cfg: RunConfig) -> dict[str, float]:
+    """What the run's actors ask Ray for, in all: GPUs (one per CUDA learner rank and CUDA engine), CPUs (ranks,
+    engines and reward actors, by their `cpus_per_*`), and each rank's `learner.ray_resources`."""
+    r, learner = cfg.rollout, cfg.learner
+    need = {"GPU": float(learner.num_ranks * (learner.device == "cuda") + r.num_engines * (r.device == "cuda")),
+            "CPU": (learner.num_ranks * learner.cpus_per_rank + r.num_engines * r.cpus_per_engine
+                    + cfg.reward.num_workers * cfg.reward.cpus_per_worker)}
+    for name, amount in learner.ray_resources.items():
+        need[name] = need.get(name, 0.0) + amount * learner.num_ranks
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def check_resources(cfg: RunConfig, available: dict[str, float] | None = None) -> None:
+    """Before any actor starts: the cluster's resources (`ray.cluster_resources()`) against `required_resources`.
+    Ray would leave the actors it cannot place pending, and the run would wait for them; this fails at once,
+    naming both numbers. Off with `ray.check_resources: false` (an autoscaling cluster that grows on demand)."""
+    if not cfg.ray.check_resources:
+        return
+    have = ray.cluster_resources() if available is None else available
+    short = [f"{name}: the config needs {need:g}, the cluster has {have.get(name, 0.0):g}"
+             for name, need in required_resources(cfg).items() if have.get(name, 0.0) + 1e-9 < need]
+    if short:
+        r, learner = cfg.rollout, cfg.learner
+        raise ClusterTooSmall(
+            "the Ray cluster is too small for this config (" + "; ".join(short) + "). Asked for: "
+            f"learner.num_ranks={learner.num_ranks} on {learner.device} x {learner.cpus_per_rank:g} CPUs"
+            f"{' + ' + str(learner.ray_resources) if learner.ray_resources else ''}, rollout.num_engines="
+            f"{r.num_engines} on {r.device} x {r.cpus_per_engine:g} CPUs, reward.num_workers={cfg.reward.num_workers}"
+            f" x {cfg.reward.cpus_per_worker:g} CPUs. Lower them or add nodes (ray.check_resources=false skips "
+            "this check on an autoscaling cluster).")
+
+
 # ---- starting and restarting actors -----------------------------------------------------------------------------
 def _threads(cpus: float) -> str:
     return str(max(1, int(cpus)))
@@ -113,31 +150,40 @@ def start_engine(cfg: RunConfig, model_path: str):
              allowed_tokens=r.allowed_tokens, **vllm_kwargs)
 
 
-def start_services(cfg: RunConfig, model_path: str) -> Services:
+def start_services(cfg: RunConfig, model_path: str, run_dir: Path | None = None, token: str | None = None
+                   ) -> Services:
     """Learner ranks (DeepSpeed ZeRO-3), engines and reward pool, with the weight-sync group joined. The engines
-    and reward actors load while the learner ranks set up DeepSpeed."""
-    learner_env = {"OMP_NUM_THREADS": _threads(cfg.learner.cpus_per_rank), "TOKENIZERS_PARALLELISM": "false"}
-    if cfg.learner.device == "cpu":
-        learner_env["DS_ACCELERATOR"] = "cpu"
+    and reward actors load while the learner ranks set up DeepSpeed. With `run_dir` and its `token`
+    (common/storage.py), each rank first checks it sees that directory and the model."""
+    learner_env = {"OMP_NUM_THREADS": _threads(cfg.learner.cpus_per_rank), "TOKENIZERS_PARALLELISM": "false",
+                   # never DeepSpeed's guess: on a GPU node where CUDA fails it would pick its CPU accelerator
+                   "DS_ACCELERATOR": cfg.learner.device}
+    check_resources(cfg)
     learners = [
         LearnerActor.options(
             num_cpus=cfg.learner.cpus_per_rank, num_gpus=1 if cfg.learner.device == "cuda" else 0,
-            runtime_env={"env_vars": learner_env},
+            resources=dict(cfg.learner.ray_resources), runtime_env={"env_vars": learner_env},
         ).remote()
         for _ in range(cfg.learner.num_ranks)
     ]
-    master_host, master_port = ray.get(learners[0].address.remote(), timeout=300)
+    timeout = cfg.ray.setup_timeout_s
+    if run_dir is not None:
+        placed = get_learners([learner.check_storage.remote(str(run_dir), token, model_path) for learner in learners],
+                              timeout, "the learner ranks to start")
+        for rank, (node, cwd) in enumerate(placed):
+            log.info("learner rank %d on node %s (working directory %s) sees %s", rank, node, cwd, run_dir)
+    master_host, master_port = get_learners([learners[0].address.remote()], timeout, "learner rank 0 to start")[0]
     setup = [
         actor.setup.remote(model_path, cfg.learner, cfg.grpo, rank, cfg.learner.num_ranks, master_host, master_port,
-                           grad_accum=cfg.grad_accum, sampling=cfg.rollout.policy_sampling(),
+                           sampling=cfg.rollout.policy_sampling(),
                            allowed_tokens=cfg.rollout.allowed_tokens)
         for rank, actor in enumerate(learners)
     ]
     engines = [start_engine(cfg, model_path) for _ in range(cfg.rollout.num_engines)]
     rewards = RewardPool(cfg.reward)
-    get_learners(setup)
+    get_learners(setup, timeout, "the learner ranks to load the model and set up DeepSpeed")
     services = Services(cfg, model_path, engines, learners, rewards,
-                        plan=get_learners([learners[0].weight_plan.remote()])[0])
+                        plan=get_learners([learners[0].weight_plan.remote()], timeout, "the weight plan")[0])
     connect_sync_group(services)
     return services
 
@@ -151,27 +197,38 @@ def connect_sync_group(services: Services) -> None:
     refs = [learner.init_weight_sync.remote(host, port, world) for learner in services.learners]
     refs += [e.init_weight_sync.remote(services.cfg.learner.sync_backend, host, port, n + i, world)
              for i, e in enumerate(services.engines)]
-    get_learners(refs)
+    get_learners(refs, services.cfg.ray.setup_timeout_s, "the engines to load and join the weight-sync group")
+
+
+def stop_engine(engine, timeout_s: float = 30.0) -> None:
+    """End an engine actor, freeing its GPU: a graceful `shutdown` first (vLLM stops its engine-core process, which
+    would otherwise hold the GPU's memory while the replacement starts on the same GPU), then the kill. A dead or
+    hung actor gets the kill alone after `timeout_s`."""
+    ray.wait([engine.shutdown.remote()], timeout=timeout_s)
+    ray.kill(engine, no_restart=True)
 
 
 def restart_engine(services: Services, i: int, reason: str) -> None:
-    """Replace engine i (dead or hung): a new actor, a rebuilt sync group, and the current weights."""
+    """Replace engine i (dead or hung): the old one stopped (`stop_engine`), a new actor, a rebuilt sync group, and
+    the current weights."""
     log.warning("engine %d %s: restarting it", i, reason)
-    ray.kill(services.engines[i], no_restart=True)
+    stop_engine(services.engines[i])
     services.engines[i] = start_engine(services.cfg, services.model_path)
     connect_sync_group(services)
     sync_weights(services, services.version)
 
 
-def get_learners(refs: list, timeout_s: float | None = None) -> list:
+def get_learners(refs: list, timeout_s: float | None = None, waiting_for: str = "learner calls") -> list:
     """ray.get for calls that involve learner ranks. A dead rank stops the run at once, saying what to do next:
-    the others would wait for it in their next collective until the process-group timeout."""
+    the others would wait for it in their next collective until the process-group timeout. Past `timeout_s` it
+    raises TimeoutError naming `waiting_for` (an actor Ray cannot place stays pending for ever)."""
     pending, deadline = list(refs), None if timeout_s is None else time.monotonic() + timeout_s
     while pending:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         done, pending = ray.wait(pending, num_returns=1, timeout=left)
         if not done:
-            raise TimeoutError(f"learner calls still running after {timeout_s}s")
+            raise TimeoutError(f"waited {timeout_s:g}s for {waiting_for} ({len(pending)} of {len(refs)} calls "
+                               "still pending: an actor Ray cannot place, or one stuck loading; ray.setup_timeout_s)")
         try:
             ray.get(done[0])
         except RayActorError as exc:
@@ -202,4 +259,4 @@ def shutdown(services: Services | None) -> None:
         return
     ray.wait([e.shutdown.remote() for e in services.engines], num_returns=len(services.engines), timeout=30)
     for actor in services.engines + services.learners + services.rewards.actors:
-        ray.kill(actor)
+        ray.kill(actor, no_restart=True)

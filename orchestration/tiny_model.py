@@ -86,12 +86,14 @@ def write_tiny_qwen25vl(
     num_kv_heads: int = 2,
     rope_theta: float = 10000.0,
     mrope_section: list[int] | None = None,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Write a loadable tiny Qwen2.5-VL checkpoint to `out_dir` and return the path.
 
     `rope_theta` and `mrope_section` set how much the (temporal, height, width) positions of image tokens rotate
     the attention: with Qwen's 1e4 and a head of 32, the height/width sections get the slowest frequencies and a
-    4 x 4 image grid barely rotates at all (~0.003 rad per step), so a tiny model cannot tell where an object is."""
+    4 x 4 image grid barely rotates at all (~0.003 rad per step), so a tiny model cannot tell where an object is.
+    `tie_word_embeddings`: the output layer shares the input embedding, as in Qwen2.5-VL-3B (the 7B does not)."""
     from transformers import (
         GenerationConfig,
         Qwen2_5_VLConfig,
@@ -118,7 +120,7 @@ def write_tiny_qwen25vl(
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
                              "mrope_section": list(mrope_section or _mrope_section(head_dim))},
-            tie_word_embeddings=False,
+            tie_word_embeddings=tie_word_embeddings,
             initializer_range=initializer_range,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
@@ -141,7 +143,7 @@ def write_tiny_qwen25vl(
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         initializer_range=initializer_range,
     )
     torch.manual_seed(seed)

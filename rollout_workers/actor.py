@@ -40,6 +40,13 @@ class EngineActor:
     def shutdown(self) -> None:
         self.engine.shutdown()
 
+    def pids(self) -> list[int]:
+        """This actor's process and its children (vLLM's engine core): what must be gone when it is replaced."""
+        import psutil
+
+        me = psutil.Process()
+        return [me.pid] + [c.pid for c in me.children(recursive=True)]
+
     def state_checksums(self) -> dict[str, float]:
         return self.engine.state_checksums()
 

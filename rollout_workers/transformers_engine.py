@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from common.devices import require_cuda
 from common.memory import return_large_blocks_to_os
 from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
@@ -29,6 +30,8 @@ class TransformersEngine:
                  allowed_tokens: list[str] | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        if device == "cuda":
+            require_cuda("rollout.device")
         if num_threads:
             torch.set_num_threads(num_threads)
         return_large_blocks_to_os()  # each decode step frees [rows, vocabulary] logits: give them back

@@ -67,12 +67,20 @@ class VLLMEngine:
         j-th answer seed + j)."""
         params = [self._sampling_params(sampling, None if sampling.seed is None else sampling.seed + i * sampling.n)
                   for i in range(len(requests))]
-        # vLLM expands the image placeholder itself: the prompt text keeps one per image.
-        inputs = [{"prompt": r.prompt_text, "multi_modal_data": {"image": Image.fromarray(r.image)}}
+        # vLLM expands the image placeholder itself: the prompt text keeps one per image. The image is already
+        # resized (common/vision.py); pixel bounds equal to its own size keep vLLM's processor from resizing it
+        # again, so vLLM sees the grid the learner and the reward use.
+        inputs = [{"prompt": r.prompt_text, "multi_modal_data": {"image": Image.fromarray(r.image)},
+                   "mm_processor_kwargs": {"min_pixels": r.image.shape[0] * r.image.shape[1],
+                                           "max_pixels": r.image.shape[0] * r.image.shape[1]}}
                   for r in requests]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         groups = []
         for req, out in zip(requests, outputs):
+            if list(out.prompt_token_ids) != list(req.prompt_token_ids):
+                raise ValueError(f"vLLM prompted sample {req.sample_id!r} with {len(out.prompt_token_ids)} tokens "
+                                 f"where the learner has {len(req.prompt_token_ids)}: its processor saw another "
+                                 f"image grid than the {req.image.shape[1]} x {req.image.shape[0]} image sent")
             group = []
             for c in out.outputs:
                 ids = list(c.token_ids)

