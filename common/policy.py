@@ -83,26 +83,46 @@ def processed_logits(logits: torch.Tensor, policy: Policy, keep: torch.Tensor | 
 def truncation_mask(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """True where top-k (then top-p) removes a token, for temperature-scaled logits z [..., V].
 
-    The same arithmetic as vLLM's `apply_top_k_top_p_pytorch` (ascending sort, float32 cumulative sum compared
-    with 1 - p), so a token at the nucleus edge falls on the same side in the engine and in the learner."""
+    The same rules and arithmetic as vLLM's `apply_top_k_top_p_pytorch` (every logit equal to the k-th kept; the
+    nucleus from an ascending float32 cumulative sum compared with 1 - p), so a token at the nucleus edge falls on
+    the same side in the engine and in the learner. With top-k on, the nucleus is computed among the k largest
+    logits only (`topk`, no sort of the whole vocabulary: 151,936 ids per position for Qwen); rows whose k-th logit
+    is tied beyond k fall back to the full sort."""
     flat = z.reshape(-1, z.shape[-1])
     out = torch.empty_like(flat, dtype=torch.bool)
-    p_tail = 1 - torch.tensor(top_p, dtype=torch.float32)
     for start in range(0, flat.shape[0], _TRUNCATE_ROWS):
         rows = flat[start : start + _TRUNCATE_ROWS].float()
-        drop = torch.zeros_like(rows, dtype=torch.bool)
-        if 0 < top_k < rows.shape[-1]:
-            kth = torch.topk(rows, top_k, dim=-1).values[:, -1:]
-            drop |= rows < kth
-        if top_p < 1.0:
-            masked = rows.masked_fill(drop, float("-inf"))
-            sorted_z, order = masked.sort(dim=-1, descending=False)
-            cum = sorted_z.softmax(dim=-1).cumsum(dim=-1)
-            tail = cum <= p_tail.to(rows.device)
-            tail[:, -1] = False
-            drop |= torch.zeros_like(drop).scatter_(-1, order, tail)
-        out[start : start + _TRUNCATE_ROWS] = drop
+        out[start : start + _TRUNCATE_ROWS] = _truncate_rows(rows, top_k, top_p)
     return out.view(z.shape)
+
+
+def _truncate_rows(rows: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """`truncation_mask` of a [N, V] float32 chunk."""
+    V = rows.shape[-1]
+    p_tail = 1 - torch.tensor(top_p, dtype=torch.float32, device=rows.device)
+    if not 0 < top_k < V:
+        return _nucleus_by_sort(rows, torch.zeros_like(rows, dtype=torch.bool), p_tail) if top_p < 1.0 else \
+            torch.zeros_like(rows, dtype=torch.bool)
+    values, index = torch.topk(rows, top_k, dim=-1)  # descending
+    drop = rows < values[:, -1:]
+    if top_p >= 1.0:
+        return drop
+    tied = (~drop).sum(dim=-1) > top_k  # the k-th logit repeats past k: keep vLLM's rule with the full sort
+    ascending = values.flip(-1)
+    tail = ascending.softmax(dim=-1).cumsum(dim=-1) <= p_tail
+    tail[:, -1] = False
+    out = drop | torch.zeros_like(drop).scatter_(-1, index, tail.flip(-1))
+    if tied.any():
+        out[tied] = _nucleus_by_sort(rows[tied], drop[tied], p_tail)
+    return out
+
+
+def _nucleus_by_sort(rows: torch.Tensor, drop: torch.Tensor, p_tail: torch.Tensor) -> torch.Tensor:
+    """`drop` plus the top-p tail of what it keeps, by sorting the whole vocabulary ascending (vLLM's way)."""
+    sorted_z, order = rows.masked_fill(drop, float("-inf")).sort(dim=-1, descending=False)
+    tail = sorted_z.softmax(dim=-1).cumsum(dim=-1) <= p_tail
+    tail[:, -1] = False
+    return drop | torch.zeros_like(drop).scatter_(-1, order, tail)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, policy: Policy) -> torch.Tensor:

@@ -37,16 +37,28 @@ class LearnerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(4, ge=1, description="answers per forward on one rank")
-    torch_adam: bool = Field(True, description="torch AdamW (CPU); false uses DeepSpeed's fused Adam (GPU)")
+    micro_batch_size: int = Field(4, ge=1, description="answers per forward on one rank (unless "
+                                                       "max_tokens_per_microbatch is set)")
+    max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="pack as many answers (with their prompts) into one forward as this many padded "
+                                "tokens hold, instead of micro_batch_size answers; every rank runs as many "
+                                "micro-batches as the rank that needs most")
+    torch_adam: bool = Field(True, description="torch's AdamW, fused on CUDA (no build at run time); false: "
+                                               "DeepSpeed's FusedAdam, JIT-compiled at start-up (needs nvcc of "
+                                               "torch's CUDA major version, a compiler and Python headers)")
     param_persistence_threshold: int = Field(
         100_000, ge=0, description="ZeRO-3 keeps params smaller than this unpartitioned (DeepSpeed's default)"
     )
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     sync_backend: Literal["gloo", "nccl"] = "gloo"
-    sync_bucket_mb: float = Field(8.0, gt=0, description="weights per sync bucket: buckets pipeline (the learner "
-                                  "prepares the next, the engine copies out the last, while one is in flight); 2-8 MB "
-                                  "measured fastest on CPU, 64 MB was 1.6x slower")
+    sync_bucket_mb: float | None = Field(
+        None, gt=0, description="weights per sync bucket: buckets pipeline (the learner prepares the next, the engine "
+                                "copies out the last, while one is in flight). None: by sync_backend, "
+                                "SYNC_BUCKET_MB (gloo 8 MB: 2-8 MB measured fastest on CPU, 64 MB was 1.6x slower; "
+                                "nccl 512 MB: GPU-to-GPU copies want few large messages)")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each rank asks for, e.g. {learner_node: 1} to keep "
+                                          "the ranks on nodes started with --resources '{\"learner_node\": 8}'")
     cpus_per_rank: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     freeze_vision: bool = Field(False, description="train the language model only; the vision tower (`model.visual`) "
@@ -59,3 +71,11 @@ class LearnerConfig(Strict):
         if self.device == "cpu" and "nccl" in (self.dist_backend, self.sync_backend):
             raise ValueError("learner.device=cpu needs dist_backend=gloo and sync_backend=gloo")
         return self
+
+    @property
+    def bucket_mb(self) -> float:
+        """The sync bucket size in MB: `sync_bucket_mb`, or the backend's default."""
+        return self.sync_bucket_mb if self.sync_bucket_mb is not None else SYNC_BUCKET_MB[self.sync_backend]
+
+
+SYNC_BUCKET_MB = {"gloo": 8.0, "nccl": 512.0}

@@ -13,24 +13,31 @@ from pathlib import Path
 
 import torch
 
+from common.devices import require_cuda
 from common.memory import return_large_blocks_to_os
 from common.policy import eos_token_ids, model_policy
 from common.records import TrainShard
 from common.sync_group import create_sync_group, send_partitions
 from learner.config import GRPOConfig, LearnerConfig
 from learner.grpo import grpo_loss
-from learner.sequences import collate, collate_shared, response_logprobs, shared_prefix_logprobs
+from learner.sequences import (collate, collate_shared, plan_microbatches, response_logprobs,
+                              shared_prefix_logprobs)
 from learner.weight_source import ZeroWeightSource
 
 
-def deepspeed_config(cfg: LearnerConfig, grad_accum: int, with_optimizer: bool) -> dict:
-    """The DeepSpeed config for the policy (with optimizer) or the frozen reference model."""
+def deepspeed_config(cfg: LearnerConfig, with_optimizer: bool) -> dict:
+    """The DeepSpeed config for the policy (with optimizer) or the frozen reference model. Micro-batches vary in
+    number from step to step (a token budget): `train_step` marks DeepSpeed's accumulation boundary itself, so
+    DeepSpeed's own count is 1 and its micro-batch size nominal."""
     ds = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
+        "gradient_accumulation_steps": 1,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        # bf16 weights, fp32 gradient accumulation: GRPO's +/- advantage terms largely cancel across micro-batches,
+        # which bf16's 8-bit mantissa would round away (without this ZeRO-3 accumulates in the model's dtype).
+        "data_types": {"grad_accum_dtype": "fp32"},
         "zero_optimization": {
             "stage": 3,
             "stage3_param_persistence_threshold": cfg.param_persistence_threshold,
@@ -41,11 +48,11 @@ def deepspeed_config(cfg: LearnerConfig, grad_accum: int, with_optimizer: bool) 
     }
     if with_optimizer:
         ds["gradient_clipping"] = cfg.grad_clip
-        ds["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay,
-                       "torch_adam": cfg.torch_adam},
-        }
+        params = {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay,
+                  "torch_adam": cfg.torch_adam}
+        if cfg.torch_adam and cfg.device == "cuda":
+            params["fused"] = True  # torch's own fused kernel: DeepSpeed passes it to torch.optim.AdamW
+        ds["optimizer"] = {"type": "AdamW", "params": params}
     return ds
 
 
@@ -60,10 +67,11 @@ class LearnerRank:
     """Policy (and reference) model of one rank of the ZeRO-3 group."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, rank: int, world_size: int,
-                 master_addr: str, master_port: int, grad_accum: int, sampling: dict,
-                 allowed_tokens: list[str] | None = None):
+                 master_addr: str, master_port: int, sampling: dict, allowed_tokens: list[str] | None = None):
         """`sampling` (temperature, top_k, top_p) and `allowed_tokens` are the engines': with them the learner
         computes log-probs under the very policy the engines sample from (common/policy.py)."""
+        if cfg.device == "cuda":
+            require_cuda("learner.device")
         import deepspeed
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.integrations import HfDeepSpeedConfig
@@ -83,12 +91,11 @@ class LearnerRank:
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         return_large_blocks_to_os()
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size
-        self.grad_accum = grad_accum
         self.device = torch.device("cuda", 0) if cfg.device == "cuda" else torch.device("cpu")
         dtype = getattr(torch, cfg.dtype)
 
         def load(with_optimizer: bool):
-            ds_config = deepspeed_config(cfg, grad_accum, with_optimizer)
+            ds_config = deepspeed_config(cfg, with_optimizer)
             # Alive during from_pretrained, this makes transformers build the model partitioned (zero.Init):
             # a 3B model never sits whole in one rank's memory.
             hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841
@@ -112,20 +119,18 @@ class LearnerRank:
         eos = eos_token_ids(self.engine.module.generation_config, tokenizer)
         self.policy = model_policy(tokenizer, self.model_config, eos, allowed_tokens, **sampling)
         self.weights = ZeroWeightSource(self.engine.module, world_size,
-                                        bucket_bytes=int(cfg.sync_bucket_mb * (1 << 20)))
+                                        bucket_bytes=int(cfg.bucket_mb * (1 << 20)))
         self._sync_group = None
         self.updates = 0
 
     # ---- training ---------------------------------------------------------------------------------------------
     def train_step(self, shard: TrainShard) -> dict[str, float]:
-        """`ppo_epochs` optimizer updates on this rank's shard; returns this rank's metrics."""
+        """`ppo_epochs` optimizer updates on this rank's shard; returns this rank's metrics. The shard is cut into
+        micro-batches by token budget (`learner.max_tokens_per_microbatch`) or answer count; gradients accumulate
+        over them and DeepSpeed steps once per epoch (its accumulation boundary set here, not counted by it)."""
         t0 = time.perf_counter()
-        mb = self.cfg.micro_batch_size
-        micro = [shard.items[i : i + mb] for i in range(0, len(shard.items), mb)]
-        if len(micro) != self.grad_accum:
-            raise ValueError(f"rank {self.rank}: {len(micro)} micro-batches but gradient_accumulation_steps="
-                             f"{self.grad_accum}; every rank must get the same number")
-        scale = self.grad_accum * self.world_size  # DeepSpeed averages over micro-batches and ranks
+        micro = self.plan(shard)
+        scale = self.world_size  # DeepSpeed averages gradients over ranks; the loss normalises the rest
         count = shard.num_tokens_global if self.grpo.loss_agg == "token-mean" else shard.num_items_global
         normalizer = count / scale
         dtype = self.engine.module.dtype
@@ -150,12 +155,14 @@ class LearnerRank:
         self.engine.train()
         for epoch in range(self.grpo.ppo_epochs):
             for i, batch in enumerate(batches):
+                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)  # before the forward
                 lp = logprobs(self.engine, batch)
                 if epoch == 0:
                     # Before the first update the policy is the one that sampled: these are the old log-probs,
                     # and their gap to the engine's is the proof that weight sync happened.
                     old_lp.append(lp.detach())
-                    gap = (lp.detach() - batch.engine_logprobs).abs() * batch.mask
+                    # where, not * mask: a padded position may hold -inf, and inf * 0 is NaN
+                    gap = torch.where(batch.mask.bool(), (lp.detach() - batch.engine_logprobs).abs(), 0.0)
                     diff_sum += float(gap.sum())
                     diff_max = max(diff_max, float(gap.max()) if gap.numel() else 0.0)
                     n_tok += float(batch.mask.sum())
@@ -171,11 +178,11 @@ class LearnerRank:
                     loss_agg=self.grpo.loss_agg, normalizer=normalizer,
                 )
                 self.engine.backward(loss)
-                self.engine.step()
-                sums["loss"] += float(loss.detach()) / scale * self.world_size / self.grpo.ppo_epochs
+                sums["loss"] += float(loss.detach()) / self.grpo.ppo_epochs
                 for k in sums.keys() & stats.keys():
                     sums[k] += float(stats[k]) / (len(batches) * self.grpo.ppo_epochs)
                 is_weight_max = max(is_weight_max, float(stats.get("is_weight_max", 0.0)))
+            self.engine.step()
             grad_norm = _to_float(self.engine.get_global_grad_norm())
             self.updates += 1
         return {
@@ -189,11 +196,27 @@ class LearnerRank:
             "train/grad_norm": grad_norm,
             "train/lr": float(self.engine.get_lr()[0]),
             "train/masked_vision_tokens": float(sum(b.num_masked_vision_tokens for b in batches)),
+            "train/micro_batches": float(len(batches)),
             "sampling/logprob_diff_sum": diff_sum,
             "sampling/logprob_diff_max": diff_max,
             "sampling/num_tokens": n_tok,
             "time/train_rank_s": time.perf_counter() - t0,
         }
+
+    def plan(self, shard: TrainShard) -> list[list]:
+        """This rank's micro-batches (`plan_microbatches`), as many as on the rank that needs most: ZeRO-3's
+        forward gathers each layer's weights with every rank, so all ranks must run the same number of them."""
+        kw = dict(shared_prefix=self.cfg.shared_prefix, max_tokens=self.cfg.max_tokens_per_microbatch,
+                  max_items=self.cfg.micro_batch_size)
+        micro = plan_microbatches(shard.items, shard.prompts, **kw)
+        if self.world_size > 1:
+            import deepspeed.comm as dist
+
+            most = torch.tensor([len(micro)], dtype=torch.long, device=self.device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            if int(most) != len(micro):
+                micro = plan_microbatches(shard.items, shard.prompts, count=int(most), **kw)
+        return micro
 
     # ---- weight sync ------------------------------------------------------------------------------------------
     def weight_plan(self):

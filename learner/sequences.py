@@ -179,3 +179,41 @@ def shared_prefix_logprobs(model, batch: SharedBatch, policy: Policy) -> torch.T
     window = model(**batch.inputs, use_cache=False, logits_to_keep=batch.window).logits  # [U, window, V]
     logits = window[batch.row_group[:, None], batch.logit_index]  # [R, T, V]
     return token_logprobs(logits, batch.targets, policy)
+
+
+def packed_tokens(items: list[TrainItem], prompts: dict[str, EncodedPrompt], shared_prefix: bool) -> int:
+    """Tokens one forward over `items` processes, padding included: shared prefix, one row per prompt of its
+    prompt and max-answers slots [U x (Lp + S x T)]; full rows [B x max(prompt + answer)]."""
+    if not shared_prefix:
+        return len(items) * max(len(it.prompt_token_ids) + len(it.response_token_ids) for it in items)
+    slots: dict[str, int] = {}
+    for it in items:
+        slots[it.sample_id] = slots.get(it.sample_id, 0) + 1
+    longest_prompt = max(len(prompts[s].prompt_token_ids) for s in slots)
+    longest_answer = max(len(it.response_token_ids) for it in items)
+    return len(slots) * (longest_prompt + max(slots.values()) * longest_answer)
+
+
+def plan_microbatches(items: list[TrainItem], prompts: dict[str, EncodedPrompt], *, shared_prefix: bool,
+                      max_tokens: int | None, max_items: int, count: int | None = None) -> list[list[TrainItem]]:
+    """Consecutive runs of `items` (a shard holds each prompt's answers together), one per forward: as many as
+    `max_tokens` padded tokens hold (`packed_tokens`), or `max_items` answers when `max_tokens` is None. An answer
+    that alone is over the budget gets a forward of its own. With `count` (at least the planned number, at most
+    len(items)), the plan is split further, the costliest run first, to exactly that many: every ZeRO-3 rank
+    must run as many forwards as the others (each gathers the weights with all of them)."""
+    plan: list[list[TrainItem]] = []
+    for it in items:
+        if plan and (len(plan[-1]) < max_items if max_tokens is None else
+                     packed_tokens(plan[-1] + [it], prompts, shared_prefix) <= max_tokens):
+            plan[-1].append(it)
+        else:
+            plan.append([it])
+    if count is not None:
+        if not len(plan) <= count <= len(items):
+            raise ValueError(f"cannot run {len(items)} answers as {count} micro-batches (planned {len(plan)})")
+        while len(plan) < count:
+            i = max((j for j in range(len(plan)) if len(plan[j]) > 1),
+                    key=lambda j: packed_tokens(plan[j], prompts, shared_prefix))
+            half = len(plan[i]) // 2
+            plan[i : i + 1] = [plan[i][:half], plan[i][half:]]
+    return plan

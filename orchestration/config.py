@@ -35,20 +35,30 @@ class TinyModelConfig(Strict):
     rope_theta: float = Field(10000.0, gt=0)
     mrope_section: list[int] | None = Field(None, description="(t, h, w) rotary frequencies, summing to head_dim / 2; "
                                                               "None: Qwen's 2:3:3 split")
+    tie_word_embeddings: bool = Field(False, description="output layer = input embedding (as Qwen2.5-VL-3B)")
 
 
 class ModelConfig(Strict):
     path: str = Field("tiny", description="a checkpoint directory, or 'tiny' to write a random tiny Qwen2.5-VL")
     tiny: TinyModelConfig = TinyModelConfig()
-    min_pixels: int = Field(3136, ge=784)
-    max_pixels: int = Field(1_000_000, ge=784)
+    min_pixels: int = Field(3136, ge=784, description="Qwen's smart_resize lower bound on an image's pixels")
+    max_pixels: int = Field(1_000_000, ge=784, description="upper bound (the paper's runs: 1,000,000)")
     max_prompt_tokens: int = Field(2048, ge=16)
+
+    @model_validator(mode="after")
+    def _pixel_bounds_in_order(self) -> ModelConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"model.min_pixels={self.min_pixels} is above model.max_pixels={self.max_pixels}")
+        return self
 
 
 class SplitFiles(Strict):
     """Where one split of a public dataset lies (which keys a source needs: orchestration/datasets.py)."""
 
-    file: str | None = Field(None, description="annotations / rows: COCO instances json, refs pickle, jsonl, json")
+    file: str | None = Field(None, description="annotations / rows: COCO instances json, refs pickle, jsonl, json, "
+                                                "or the hub's parquet (a file, a folder of them, or a glob)")
+    format: Literal["auto", "json", "parquet", "pickle"] = Field(
+        "auto", description="the file's form; auto: by its suffix (.json/.jsonl, .parquet or a folder, .p/.pkl)")
     image_dir: str = "."
     instances_file: str | None = Field(None, description="RefCOCO: instances.json beside the refs pickle")
     split: str | None = Field(None, description="RefCOCO: val, testA, testB, train...")
@@ -118,6 +128,10 @@ class SFTConfig(Strict):
                           "learning rate is then constant after warm-up")
     probe_size: int = Field(200, ge=1, description="training samples held out of the warm start to probe `target`")
     probe_every: int = Field(10, ge=1, description="steps between probes (greedy decoding of the probe set)")
+    anneal: float | None = Field(None, gt=0, le=1, description="with `target`: scale the learning rate by the share "
+                                                             "of the way to the target still to go (at least this "
+                                                             "fraction), so the warm start arrives at its level "
+                                                             "with a small step, as a cosine schedule ends")
     ema: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with "
                                                              "this decay; the probes and the saved checkpoint use it")
     batch_size: int = Field(32, ge=1)
@@ -143,6 +157,10 @@ class WandbConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: join a running cluster if there is one, else start one")
     num_cpus: int | None = Field(None, description="logical CPUs of a local cluster (default: enough for all actors)")
+    check_resources: bool = Field(True, description="fail at start when the cluster has fewer GPUs/CPUs than the "
+                                                    "actors ask for (off for a cluster that autoscales)")
+    setup_timeout_s: float = Field(1800.0, gt=0, description="the longest wait for actors to start, load the model "
+                                                             "and join the sync group")
 
 
 class RunConfig(Strict):
@@ -160,19 +178,10 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _batch_splits_evenly(self):
         answers = self.train.prompts_per_step * self.grpo.group_size
-        per_step = self.learner.num_ranks * self.learner.micro_batch_size
-        if answers % per_step:
-            raise ValueError(
-                f"train.prompts_per_step * grpo.group_size = {answers} answers must divide into "
-                f"learner.num_ranks * learner.micro_batch_size = {per_step}"
-            )
+        if answers % self.learner.num_ranks:
+            raise ValueError(f"train.prompts_per_step * grpo.group_size = {answers} answers must split evenly over "
+                             f"learner.num_ranks = {self.learner.num_ranks}")
         return self
-
-    @property
-    def grad_accum(self) -> int:
-        """Micro-batches per rank per optimizer update."""
-        answers = self.train.prompts_per_step * self.grpo.group_size
-        return answers // (self.learner.num_ranks * self.learner.micro_batch_size)
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.records import SamplingParams, Sample
+from common.storage import SharedStorageError, write_run_token
 from orchestration.config import RunConfig, load_config
 from orchestration import checkpoint
 from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
@@ -84,13 +85,14 @@ def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker:
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
     samples, contexts, groups = [], [], []
     counters = dict.fromkeys(EVAL_COUNTERS, 0.0)
-    n = cfg.train.eval_batch
+    n, skipped = cfg.train.eval_batch, 0
     for i in range(0, len(evals.samples), n):
         kept = []  # (sample, prompt, context) for the batch's usable samples
         for s in evals.samples[i : i + n]:
             try:
                 kept.append((s, *encode_sample(evals.processor, cfg, s)))
             except BadSample as exc:
+                skipped += 1
                 log.warning("eval: leaving out sample %s: %s", s.origin or s.id, exc)
         if not kept:
             continue
@@ -105,6 +107,7 @@ def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker:
         raise ValueError("no usable sample in the eval set")
     out = {f"eval/{k.split('/', 1)[1]}": v for k, v in {**rollout_metrics(groups), **counters}.items()
            if k.startswith("reward/")}
+    out["eval/skipped"] = float(skipped)
     opts = cfg.reward.options
     answers = [answer_part(g[0].rollout.response_text, opts.thinking) for g in groups]
     task = task_metrics(cfg.data.task, samples, answers, contexts, [g[0] for g in groups], opts)
@@ -176,8 +179,10 @@ class StepRollouts:
 
 def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """Run GRPO for `train.steps` steps; `resume` ("auto" or a checkpoint directory) continues a run exactly."""
-    out_dir = Path(cfg.train.output_dir)
+    start_ray(cfg)
+    out_dir = run_directory(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    token = write_run_token(out_dir)
     (out_dir / "config.yaml").write_text(_yaml(cfg))
     ckpt = checkpoint.resolve(resume, out_dir)
     state = checkpoint.read_state(ckpt) if ckpt else None
@@ -193,12 +198,11 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
                               top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     tracker = Tracker(cfg, out_dir, resume_step=state.step if state else None,
                       run_id=state.wandb_id if state else None)
-    start_ray(cfg)
     services = rollouts = None
     history: list[dict[str, float]] = []
     try:
         t0 = time.perf_counter()
-        services = start_services(cfg, model_path)
+        services = start_services(cfg, model_path, out_dir, token)
         version, first_step = 0, 1
         if state is not None:
             checkpoint.restore(services, ckpt)
@@ -216,7 +220,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         else:
             before, headline_before = state.eval_before, state.headline_before
         print(f"eval before training: reward {before:.3f}"
-              + (f", {headline} {headline_before:.3f}" if headline_before is not None else ""), flush=True)
+              + (f", {headline} {_value(headline_before)}" if headline is not None else ""), flush=True)
 
         bar = tqdm(range(first_step, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout,
                    dynamic_ncols=True, initial=first_step - 1, total=cfg.train.steps)
@@ -261,8 +265,9 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         _print_timing(history)
         if cfg.train.export_final:
             get_learners([l.export_hf.remote(str(out_dir / "final"), model_path) for l in services.learners])
-        if headline_before is not None:
-            print(f"eval {headline}: before {headline_before:.3f} -> after {after[f'eval/{headline}']:.3f}", flush=True)
+        if headline is not None:
+            print(f"eval {headline}: before {_value(headline_before)} -> after {_value(after.get(f'eval/{headline}'))}",
+                  flush=True)
         print(f"eval reward: before {before:.3f} -> after {after['eval/mean']:.3f}", flush=True)
         return TrainResult(before, after["eval/mean"], cfg.train.steps, out_dir, tracker.run_dir, history,
                            headline, headline_before, after.get(f"eval/{headline}"))
@@ -271,6 +276,29 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
             rollouts.close()
         tracker.finish()
         shutdown(services)
+
+
+def run_directory(cfg: RunConfig) -> Path:
+    """`train.output_dir` as an absolute path. A relative one is resolved here on one node; on a cluster of several
+    nodes it is an error, since each node would resolve it against its own working directory (under `ray job
+    submit --working-dir`, a per-node copy): checkpoints need one directory that every node mounts."""
+    import ray
+
+    path = Path(cfg.train.output_dir).expanduser()
+    if path.is_absolute():
+        return path
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        raise SharedStorageError(
+            f"train.output_dir {cfg.train.output_dir!r} is relative, on a Ray cluster of {nodes} nodes: give an "
+            "absolute path on storage that the driver and every learner node mount (e.g. train.output_dir="
+            "/mnt/shared/runs/coco)")
+    return path.resolve()
+
+
+def _value(v: float | None) -> str:
+    """A metric for the console: 3 decimals, or `undefined` (COCO's AP of a size no image holds)."""
+    return "undefined" if v is None else f"{v:.3f}"
 
 
 def staleness_metrics(groups, learner_version: int) -> dict[str, float]:

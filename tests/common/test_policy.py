@@ -66,3 +66,16 @@ def test_chunked_truncation_equals_one_pass(monkeypatch):
     whole = truncation_mask(z, 20, 0.8)
     monkeypatch.setattr(policy_module, "_TRUNCATE_ROWS", 7)
     assert torch.equal(truncation_mask(z, 20, 0.8), whole)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(50, 0.9), (20, 0.5), (100, 0.99), (7, 0.3)])
+def test_top_k_first_nucleus_equals_the_full_vocabulary_sort(top_k, top_p):
+    """The nucleus computed among the k largest logits (no sort of the vocabulary) drops exactly what vLLM's sort of
+    the whole vocabulary drops, over 4,000 rows of a 5,000-id vocabulary."""
+    from common.policy import _nucleus_by_sort
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(4000, 5000, generator=g) * torch.rand(4000, 1, generator=g) * 6
+    kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+    full = _nucleus_by_sort(z, z < kth, 1 - torch.tensor(top_p, dtype=torch.float32))
+    assert torch.equal(truncation_mask(z, top_k, top_p), full)

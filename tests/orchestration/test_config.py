@@ -44,9 +44,10 @@ def test_malformed_override_and_missing_file():
         load_config("/nonexistent/run.yaml")
 
 
-def test_uneven_batch_is_rejected():
-    with pytest.raises(ConfigError, match="must divide"):
+def test_a_batch_that_does_not_split_over_the_ranks_is_rejected():
+    with pytest.raises(ConfigError, match=r"9 answers must split evenly over learner.num_ranks = 2"):
         load_config(None, ["train.prompts_per_step=3", "grpo.group_size=3"])
+    load_config(None, ["train.prompts_per_step=3", "grpo.group_size=4", "learner.micro_batch_size=5"])  # 6 per rank
 
 
 def test_cli_reports_bad_key_and_exits_2(capsys):
