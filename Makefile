@@ -10,7 +10,7 @@ ARGS   ?=
 # outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_$(TASK).yaml)
 
-.PHONY: setup setup-gpu setup-vllm test test-vllm test-compat check-gpu-extra train-demo train-coco eval bench bench-train setup-bench soak clean
+.PHONY: setup setup-gpu setup-vllm test test-vllm test-compat check-gpu-extra train-demo train-coco eval bench bench-gpu bench-train setup-bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,11 @@ train-coco: setup-gpu
 
 bench: setup
 	$(PY) -m reward_service.bench
+
+# One device's GRPO step against bare baselines in the same run: a Qwen2.5-VL-3B-shaped model on a CUDA GPU,
+# a small one on CPU (ARGS="--size tiny" in CI); outputs/bench_gpu/<size>/results.json
+bench-gpu: setup
+	$(PY) -m orchestration.bench_gpu $(ARGS)
 
 # The project against TRL's GRPOTrainer (the `bench` extra), same checkpoint, scenes, G, lengths and beta
 setup-bench: setup

@@ -34,6 +34,8 @@ class LearnerConfig(Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16"] = "float32"
     lr: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the learning rate rises linearly "
+                                                   "from 0 to lr (DeepSpeed's WarmupLR); 0: lr from the first")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0)

@@ -53,6 +53,10 @@ def deepspeed_config(cfg: LearnerConfig, with_optimizer: bool) -> dict:
         if cfg.torch_adam and cfg.device == "cuda":
             params["fused"] = True  # torch's own fused kernel: DeepSpeed passes it to torch.optim.AdamW
         ds["optimizer"] = {"type": "AdamW", "params": params}
+        if cfg.warmup_steps:
+            ds["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr,
+                                                              "warmup_num_steps": cfg.warmup_steps,
+                                                              "warmup_type": "linear"}}
     return ds
 
 
