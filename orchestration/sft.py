@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import sys
 import time
@@ -122,13 +121,12 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from learner.sequences import collate, response_logprobs
-    from orchestration.datasets import build_datasets
-    from orchestration.evaluate import HEADLINE, reaches
-    from orchestration.rollout import BadSample, encode_sample
+    from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
+    from orchestration.evaluate import reaches
+    from orchestration.rollout import draw_prompts
 
     s = cfg.sft
     torch.manual_seed(s.seed)
-    rng = random.Random(s.seed)
     if s.threads:
         torch.set_num_threads(s.threads)
     processor = AutoProcessor.from_pretrained(base_path)
@@ -146,28 +144,24 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
         train_set = train_set[: -len(probe.samples)]
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.vision_lr_scale), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, s.warmup_steps, s.steps,
-                                                                                decay=s.target is None))
+                                                                                decay=s.target is None)
+                                                 * (probe.lr_scale if probe is not None else 1.0))
 
-    def example(sample):
-        """Encoded when drawn, never kept: ~1 ms for a demo scene, while a cache of every encoded prompt held
-        the whole training set's pixels in memory (10 GB for the grounding demo's 32,768 scenes)."""
-        prompt, ctx = encode_sample(processor, cfg, sample)
-        return prompt, tokenizer.encode(target_text(cfg, sample, ctx), add_special_tokens=False) + [eos]
-
-    order: list[int] = []
+    # Prompts are encoded when drawn, never kept: ~1 ms for a demo scene, while a cache of every encoded prompt
+    # held the whole training set's pixels in memory (10 GB for the grounding demo's 32,768 scenes). A sample that
+    # cannot be prompted or taught is skipped, logged and counted (data.max_bad_rows), as in GRPO.
+    sampler, skipped = PromptSampler(train_set, s.seed), SkippedSamples(cfg.data.max_bad_rows)
     losses, probes, t0 = [], [], time.perf_counter()
     bar = tqdm(range(1, s.steps + 1), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
     for step in bar:
         batch, prompts = [], {}
         while len(batch) < s.batch_size:
-            if not order:
-                order = list(range(len(train_set)))
-                rng.shuffle(order)
-            sample = train_set[order.pop()]
+            [sample], [prompt], [ctx] = draw_prompts(processor, cfg, sampler, 1, skipped)
             try:
-                prompt, answer = example(sample)
-            except BadSample as exc:
-                log.warning("sft: skipping sample %s: %s", sample.origin or sample.id, exc)
+                answer = tokenizer.encode(target_text(cfg, sample, ctx), add_special_tokens=False) + [eos]
+            except (KeyError, TypeError, ValueError) as exc:  # e.g. a count-only row: no boxes to teach
+                skipped.report(sample, f"no answer to teach: {type(exc).__name__}: {exc}")
+                sampler.exclude(sample.id)
                 continue
             prompts[sample.id] = prompt
             batch.append(TrainItem(sample.id, prompt.prompt_token_ids, answer, [0.0] * len(answer), 0.0))
@@ -190,7 +184,8 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     steps = len(losses)
     info = {"task": cfg.data.task, "steps": steps, "batch_size": s.batch_size,
             "seconds": time.perf_counter() - t0, "first_loss": sum(losses[:20]) / len(losses[:20]),
-            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "key": key, "base": base_path}
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "skipped": skipped.count, "key": key,
+            "base": base_path}
     if probe is not None:
         reached = reaches(probe.metric, probes[-1][probe.metric], s.target)
         info.update({"target": {probe.metric: s.target}, "reached": reached, "probes": probes})
@@ -240,6 +235,7 @@ class Probe:
         self.engine = TransformersEngine.from_model(model, processor.tokenizer, cfg.rollout.allowed_tokens)
         self.first: float | None = None
         self.near = False
+        self.lr_scale = 1.0  # with sft.anneal: the share of the way to the target still to go
 
     def due(self, step: int) -> bool:
         """Whether to probe after optimizer step `step` (the last allowed step is always probed)."""
@@ -255,6 +251,9 @@ class Probe:
         if value is not None:
             self.first = value if self.first is None else self.first
             self.near = self.near or reaches(self.metric, value, (self.first + self.cfg.sft.target) / 2)
+            if self.cfg.sft.anneal and self.cfg.sft.target != self.first:
+                left = (self.cfg.sft.target - value) / (self.cfg.sft.target - self.first)
+                self.lr_scale = min(1.0, max(self.cfg.sft.anneal, left))
         log.info("warm start step %d: probe %s %s", step, self.metric, "undefined" if value is None else f"{value:.3f}")
         return metrics
 
