@@ -76,18 +76,18 @@ bench: setup
 # One device's GRPO step against bare baselines in the same run: a Qwen2.5-VL-3B-shaped model on a CUDA GPU,
 # a small one on CPU (ARGS="--size tiny" in CI); outputs/bench_gpu/<size>/results.json
 bench-gpu: setup
-	$(PY) -m orchestration.bench_gpu $(ARGS)
+	$(PY) -m orchestration.benchmarks.bench_gpu $(ARGS)
 
 # The project against TRL's GRPOTrainer (the `bench` extra), same checkpoint, scenes, G, lengths and beta
 setup-bench: setup
 	$(VENV)/bin/pip install --quiet -e ".[bench,test]"
 
 bench-train: setup-bench
-	$(PY) -m orchestration.bench_train $(ARGS)
+	$(PY) -m orchestration.benchmarks.bench_train $(ARGS)
 
 # 200 demo steps; resident memory of every process of the run at steps 20 and 200 (fails past 10 % growth)
 soak: setup
-	$(PY) -m orchestration.soak $(ARGS)
+	$(PY) -m orchestration.benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .gpu-extra-report.json

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from orchestration.config import ConfigError
-from orchestration.loaders import DataError
+from orchestration.data.loaders import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +22,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return train_main(rest)
         if command == "sft":
-            from orchestration.sft import main as sft_main
+            from orchestration.warmstart.sft import main as sft_main
 
             return sft_main(rest)
         if command == "eval":
-            from orchestration.evaluate import main as eval_main
-
             return eval_main(rest)
         if command == "download-images":
-            from orchestration.download import main as download_main
+            from orchestration.data.download import main as download_main
 
             return download_main(rest)
     except (ConfigError, DataError) as exc:
@@ -38,6 +36,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"perception-r1: unknown command {command!r}", file=sys.stderr)
     return 2
+
+
+def eval_main(argv: list[str]) -> int:
+    """`perception-r1 eval`: greedy answers of a checkpoint on the eval split (orchestration/evaluate.py), the
+    report under --out (default <checkpoint>/eval) and to W&B."""
+    import argparse
+    import json
+    import logging
+    from pathlib import Path
+
+    from orchestration.config import load_config
+    from orchestration.driver.tracking import Tracker
+    from orchestration.evaluate import run_eval
+
+    parser = argparse.ArgumentParser(prog="perception-r1 eval", description="Evaluate a checkpoint with greedy "
+                                                                              "decoding")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True, help="a from_pretrained directory (e.g. <run>/final)")
+    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint>/eval)")
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or Path(args.checkpoint) / "eval")
+    tracker = Tracker(cfg, out)
+    try:
+        report = run_eval(cfg, args.checkpoint, out, args.examples, tracker)
+    finally:
+        tracker.finish()
+    print(json.dumps({"task": report["task"], "metrics": report["metrics"], "reward_mean": report["reward_mean"]}))
+    print(f"report: {out / 'report.json'}")
+    return 0
 
 
 if __name__ == "__main__":

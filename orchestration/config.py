@@ -53,7 +53,7 @@ class ModelConfig(Strict):
 
 
 class SplitFiles(Strict):
-    """Where one split of a public dataset lies (which keys a source needs: orchestration/datasets.py)."""
+    """Where one split of a public dataset lies (which keys a source needs: orchestration/data/datasets.py)."""
 
     file: str | None = Field(None, description="annotations / rows: COCO instances json, refs pickle, jsonl, json, "
                                                 "or the hub's parquet (a file, a folder of them, or a glob)")
@@ -117,7 +117,7 @@ class TrainConfig(Strict):
 
 
 class SFTConfig(Strict):
-    """The supervised warm start (orchestration/sft.py); `enabled` makes `train` start GRPO from it."""
+    """The supervised warm start (orchestration/warmstart/sft.py); `enabled` makes `train` start GRPO from it."""
 
     enabled: bool = False
     steps: int = Field(600, ge=1, description="supervised steps; with `target`, the most it may take")

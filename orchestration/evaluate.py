@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from common.records import RewardContext, SamplingParams, Sample
 from orchestration.config import RunConfig
-from orchestration.rollout import BadSample, encode_sample
+from orchestration.data.encode import BadSample, encode_sample
 from reward_service.boxes import parse_boxes, to_original_space
 from reward_service.config import RewardOptions
 from reward_service.counting import count_boxes, counting_metrics
@@ -176,7 +176,7 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     example PNGs to out_dir; returns the report."""
     from transformers import AutoProcessor
 
-    from orchestration.datasets import build_split
+    from orchestration.data.datasets import build_split
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,30 +215,3 @@ def _engine(cfg: RunConfig, checkpoint: str):
 
     return TransformersEngine(checkpoint, device=cfg.rollout.device, dtype=cfg.rollout.dtype,
                               allowed_tokens=cfg.rollout.allowed_tokens)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import logging
-
-    from orchestration.config import load_config
-    from orchestration.tracking import Tracker
-
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint with greedy decoding")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--checkpoint", required=True, help="a from_pretrained directory (e.g. <run>/final)")
-    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint>/eval)")
-    parser.add_argument("--examples", type=int, default=4)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or Path(args.checkpoint) / "eval")
-    tracker = Tracker(cfg, out)
-    try:
-        report = run_eval(cfg, args.checkpoint, out, args.examples, tracker)
-    finally:
-        tracker.finish()
-    print(json.dumps({"task": report["task"], "metrics": report["metrics"], "reward_mean": report["reward_mean"]}))
-    print(f"report: {out / 'report.json'}")
-    return 0

@@ -18,12 +18,14 @@ from tqdm import tqdm
 from common.records import SamplingParams, Sample
 from common.storage import SharedStorageError, write_run_token
 from orchestration.config import RunConfig, load_config
-from orchestration import checkpoint
-from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
+from orchestration.driver import checkpoint
+from orchestration.data.datasets import PromptSampler, SkippedSamples, build_datasets
 from orchestration.evaluate import HEADLINE
-from orchestration.rollout import BadSample, draw_prompts, encode_sample, generate_and_score, make_shards
-from orchestration.services import Services, get_learners, shutdown, start_ray, start_services, sync_weights
-from orchestration.tracking import Tracker
+from orchestration.warmstart.sft import prepare_model
+from orchestration.data.encode import BadSample, draw_prompts, encode_sample
+from orchestration.driver.rollout import generate_and_score, make_shards
+from orchestration.driver.services import Services, get_learners, shutdown, start_ray, start_services, sync_weights
+from orchestration.driver.tracking import Tracker
 
 log = logging.getLogger("perception_r1")
 
@@ -39,25 +41,6 @@ class TrainResult:
     headline: str | None = None  # the task's headline held-out metric, and its value before and after
     headline_before: float | None = None
     headline_after: float | None = None
-
-
-def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:
-    """The checkpoint GRPO starts from: `model.path`, or for `tiny` a random tiny Qwen2.5-VL written into the run
-    directory; with `sft.enabled` (and `warm`), its supervised warm start (cached, orchestration/sft.py)."""
-    if cfg.model.path != "tiny":
-        if not Path(cfg.model.path).is_dir():
-            raise FileNotFoundError(f"model.path {cfg.model.path!r} is not a checkpoint directory")
-        base = cfg.model.path
-    else:
-        from orchestration.tiny_model import write_tiny_qwen25vl
-
-        base = str(write_tiny_qwen25vl(out_dir / "tiny_model", min_pixels=cfg.model.min_pixels,
-                                       max_pixels=cfg.model.max_pixels, **cfg.model.tiny.model_dump()))
-    if warm and cfg.sft.enabled:
-        from orchestration.sft import warm_start
-
-        return warm_start(cfg, base)
-    return base
 
 
 @dataclass
@@ -79,7 +62,7 @@ def evaluate_policy(services: Services, cfg: RunConfig, evals: EvalSet, tracker:
     that cannot be prompted is left out, logged): mean reward, its components and the task's metrics
     (`eval/...`); the first `images` scenes go to W&B with true (green) and predicted (red) boxes."""
     from orchestration.evaluate import task_metrics
-    from orchestration.rollout import rollout_metrics
+    from orchestration.driver.rollout import rollout_metrics
     from reward_service.thinking import answer_part
 
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)

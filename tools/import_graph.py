@@ -65,8 +65,11 @@ def imports(known: dict[str, Path]) -> dict[str, set[str]]:
                 names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
                          for a in node.names]
             for name in names:
+                asked = name
                 while name and name not in known:
                     name = name.rpartition(".")[0]
+                if not name and asked.split(".")[0] in PACKAGES:
+                    raise ImportError(f"{path}: imports {asked}, which is no module of the project")
                 if name and name != module:
                     out[module].add(name)
     return out

@@ -7,9 +7,9 @@ from transformers import AutoProcessor
 from common.records import Sample
 from common.vision import PATCH, encode_prompt
 from orchestration.config import ConfigError, load_config
-from orchestration.datasets import PromptSampler, SkippedSamples
-from orchestration.rollout import BadSample, draw_prompts, encode_sample
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.data.datasets import PromptSampler, SkippedSamples
+from orchestration.data.encode import BadSample, draw_prompts, encode_sample
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
 
 @pytest.fixture(scope="module")

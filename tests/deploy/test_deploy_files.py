@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from orchestration.config import load_config
-from orchestration.services import required_resources
+from orchestration.driver.services import required_resources
 
 REPO = Path(__file__).resolve().parents[2]
 

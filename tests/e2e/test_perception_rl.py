@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.config import load_config
-from orchestration.tracking import read_jsonl
+from orchestration.driver.tracking import read_jsonl
 from orchestration.train import train
 
 pytestmark = pytest.mark.e2e

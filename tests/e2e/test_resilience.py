@@ -16,11 +16,13 @@ from PIL import Image, ImageDraw
 
 from common.records import SamplingParams
 from orchestration.config import load_config
-from orchestration.datasets import PromptSampler, build_datasets
-from orchestration.rollout import encode, generate_and_score, make_shards
-from orchestration.services import shutdown, start_ray, start_services, sync_weights
-from orchestration.tracking import read_jsonl
-from orchestration.train import prepare_model, train
+from orchestration.data.datasets import PromptSampler, build_datasets
+from orchestration.data.encode import encode
+from orchestration.driver.rollout import generate_and_score, make_shards
+from orchestration.driver.services import shutdown, start_ray, start_services, sync_weights
+from orchestration.driver.tracking import read_jsonl
+from orchestration.train import train
+from orchestration.warmstart.sft import prepare_model
 
 pytestmark = pytest.mark.e2e
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
@@ -155,14 +157,14 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_replaced(local_ray, 
 
 def test_too_many_unusable_samples_stop_the_run_naming_the_file(local_ray, tmp_path):
     cfg = _grounding_run_config(tmp_path, ["data.max_bad_rows=1"])
-    from orchestration.loaders import DataError
+    from orchestration.data.loaders import DataError
 
     with pytest.raises(DataError, match=r"2 samples skipped.*max_bad_rows=1.*train\.jsonl:"):
         train(cfg)
 
 
 def test_a_dead_learner_rank_stops_the_run_at_once_saying_how_to_resume(local_ray, tmp_path):
-    from orchestration.services import LearnerDied
+    from orchestration.driver.services import LearnerDied
 
     cfg = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}"])
     services = start_services(cfg, prepare_model(cfg, tmp_path))
@@ -184,7 +186,7 @@ def test_a_stale_cluster_record_does_not_stop_a_run(monkeypatch):
     """`ray_current_cluster` left by a cluster that died: start a fresh local cluster and say so."""
     monkeypatch.setenv("RAY_TMPDIR", _short_tmp())
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    from orchestration.services import _address_file
+    from orchestration.driver.services import _address_file
 
     with socket_on_free_port() as port:
         dead = f"127.0.0.1:{port}"
@@ -210,7 +212,7 @@ def test_a_live_local_cluster_started_with_ray_start_is_joined(monkeypatch):
         env={**os.environ, "RAY_TMPDIR": temp, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        from orchestration.services import _address_file
+        from orchestration.driver.services import _address_file
 
         deadline = time.monotonic() + 60
         while not Path(_address_file()).is_file():
@@ -244,7 +246,7 @@ class socket_on_free_port:
 def test_a_config_that_asks_for_more_than_the_cluster_has_fails_at_once_naming_both(local_ray, tmp_path):
     """7 CUDA learner ranks + 1 CUDA engine and 64 CPUs per rank against this CPU cluster: a short error naming
     what is needed and what is there, before any actor starts, instead of actors pending for ever."""
-    from orchestration.services import ClusterTooSmall
+    from orchestration.driver.services import ClusterTooSmall
 
     have = ray.cluster_resources()
     cfg = load_config(CONFIG, SMALL + [

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from orchestration.tracking import read_jsonl
+from orchestration.driver.tracking import read_jsonl
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

@@ -8,11 +8,13 @@ import pytest
 import ray
 
 from orchestration.config import load_config
-from orchestration.datasets import PromptSampler, build_datasets
-from orchestration.rollout import encode, generate_and_score, make_shards
-from orchestration.services import shutdown, start_ray, start_services, sync_weights
-from orchestration.tracking import read_jsonl
-from orchestration.train import prepare_model, train
+from orchestration.data.datasets import PromptSampler, build_datasets
+from orchestration.data.encode import encode
+from orchestration.driver.rollout import generate_and_score, make_shards
+from orchestration.driver.services import shutdown, start_ray, start_services, sync_weights
+from orchestration.driver.tracking import read_jsonl
+from orchestration.train import train
+from orchestration.warmstart.sft import prepare_model
 from common.records import SamplingParams
 
 pytestmark = pytest.mark.e2e

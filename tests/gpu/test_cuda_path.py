@@ -71,8 +71,8 @@ def run_path(tmp_path, device: str, learner_opts: dict | None = None, model: dic
     from common.sync_group import free_port
     from common.vision import encode_prompt
     from learner.grpo import group_advantages
-    from orchestration.synthetic import grounding_samples
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.data.synthetic import grounding_samples
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
     from rollout_workers.transformers_engine import TransformersEngine
 
     path = str(write_tiny_qwen25vl(tmp_path / "tiny", **(model or SMALL)))

@@ -37,7 +37,7 @@ os.environ["DS_ACCELERATOR"] = "cpu"
 from common.sync_group import free_port
 from learner.config import GRPOConfig, LearnerConfig
 from learner.rank import LearnerRank
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 path = write_tiny_qwen25vl(r"{tmp}/tiny")
 cfg = LearnerConfig(num_ranks=1, dtype="bfloat16", micro_batch_size=2)
 rank = LearnerRank(str(path), cfg, GRPOConfig(group_size=2, beta=0.0), 0, 1, *free_port(),

@@ -73,8 +73,8 @@ def grounding_shard(tmp: str):
 
     from common.records import TrainShard
     from common.vision import encode_prompt
-    from orchestration.synthetic import SYNTHETIC
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.data.synthetic import SYNTHETIC
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
     path = Path(tmp) / "tiny"
     if not (path / "config.json").is_file():

@@ -9,7 +9,7 @@ from common.policy import Policy
 from common.records import TrainItem
 from common.vision import encode_prompt
 from learner.sequences import collate, collate_shared, response_logprobs, shared_prefix_logprobs
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_objects_per_scene_is_a_range():
 def test_grounding_scenes_distinct_by_pair_or_by_each_attribute(distinct):
     """'pair': no two shapes share colour and kind, and some names need both words; 'attributes': no two share
     either, so each word alone names the object. The default's scenes are the ones drawn before the option."""
-    from orchestration.datasets import build_datasets
+    from orchestration.data.datasets import build_datasets
 
     cfg = load_config(CONFIGS / "demo_cpu_grounding_referring.yaml", [f"data.distinct={distinct}",
                                                                       "data.train_size=400", "data.eval_size=1"])

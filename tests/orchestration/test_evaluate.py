@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from orchestration.config import load_config
-from orchestration.evaluate import main as eval_main
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.cli import eval_main
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 from pathlib import Path
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
@@ -30,7 +30,7 @@ def test_eval_writes_report_and_examples(tmp_path, task, metric):
 def test_eval_draws_true_and_predicted_boxes(tmp_path):
     from common.records import RewardContext
     from orchestration.evaluate import PRED, TRUE, draw_example
-    from orchestration.synthetic import detection_samples
+    from orchestration.data.synthetic import detection_samples
 
     sample = detection_samples(1, 0)[0]
     b = sample.solution["boxes"][0]
@@ -45,7 +45,7 @@ def test_coco_eval_scores_against_the_official_annotations_with_crowd_regions(tm
     """A prediction on a crowd region is ignored by COCOeval (not a false positive) when the real file is used."""
     from common.records import RewardContext
     from orchestration.evaluate import official_coco_gt, task_metrics
-    from orchestration.loaders import load_coco
+    from orchestration.data.loaders import load_coco
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (200, 200)).save(tmp_path / "img" / "a.jpg")

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from orchestration.config import load_config
-from orchestration.datasets import build_datasets
-from orchestration.download import download_images, image_rows
-from orchestration.loaders import (DataError, load_coco, load_grounding_jsonl, load_pageocr, load_pixmo_count,
+from orchestration.data.datasets import build_datasets
+from orchestration.data.download import download_images, image_rows
+from orchestration.data.loaders import (DataError, load_coco, load_grounding_jsonl, load_pageocr, load_pixmo_count,
                                    load_refcoco, load_refcoco_parquet, pixmo_points, subset)
 from tests.published_formats import PAGES, pageocr_rows, pixmo_hub, refcoco_hub, refcoco_release, write_parquet
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestration.cli import main as cli
-from orchestration.download import download_images
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.data.download import download_images
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 from tests.published_formats import coco_instances, pageocr_rows, pixmo_hub, refcoco_hub
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from orchestration.config import load_config
-from orchestration.sft import cache_key, lr_factor, run_sft, warm_start
-from orchestration.train import prepare_model
+from orchestration.warmstart.sft import cache_key, lr_factor, run_sft, warm_start
+from orchestration.warmstart.sft import prepare_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
 

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from common.records import RewardContext
-from orchestration.prompts import grounding_expression
-from orchestration.synthetic import SYNTHETIC
+from orchestration.data.prompts import grounding_expression
+from orchestration.data.synthetic import SYNTHETIC
 from reward_service.answers import format_answer
 from reward_service.config import RewardOptions
 from reward_service.registry import reward_fn

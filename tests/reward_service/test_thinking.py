@@ -46,9 +46,9 @@ def test_the_prompt_asks_for_thinking_only_when_on(tmp_path):
     from transformers import AutoProcessor
 
     from orchestration.config import load_config
-    from orchestration.datasets import build_datasets
-    from orchestration.rollout import encode_sample
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.data.datasets import build_datasets
+    from orchestration.data.encode import encode_sample
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
     processor = AutoProcessor.from_pretrained(write_tiny_qwen25vl(tmp_path / "m"))
     for thinking in (False, True):

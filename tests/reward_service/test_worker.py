@@ -1,6 +1,6 @@
 """A failure while scoring one answer gives that answer 0 and is counted; the others are scored normally."""
 from common.records import RewardContext, Rollout
-from orchestration.rollout import rollout_metrics
+from orchestration.driver.rollout import rollout_metrics
 from reward_service.worker import RewardWorker
 
 

@@ -33,7 +33,7 @@ print(json.dumps({"growth_mb": (peak - base) / 1024, "lengths": [len(r.response_
 
 @pytest.fixture(scope="module")
 def qwen_vocab_model(tmp_path_factory):
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
     path = write_tiny_qwen25vl(tmp_path_factory.mktemp("vocab"), vocab_size=QWEN_VOCAB, min_pixels=3136,
                                max_pixels=3136)

@@ -10,7 +10,7 @@ from transformers import AutoProcessor
 from common.policy import processed_logits, token_logprobs, truncation_mask
 from common.records import SamplingParams
 from common.vision import encode_prompt
-from orchestration.tiny_model import write_tiny_qwen25vl
+from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 from common.vision import mm_token_type_ids
 from rollout_workers.transformers_engine import TransformersEngine
 

@@ -30,7 +30,7 @@ def engine_setup(tmp_path_factory):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
     from rollout_workers.vllm_engine import VLLMEngine
 
     # Hidden 128 = 4 heads of 32: vLLM's CPU attention has no kernel for the demo's head size 16.

@@ -1,4 +1,4 @@
-"""Datasets by config: synthetic scenes for every task, or the public formats through orchestration/loaders.py."""
+"""Datasets by config: synthetic scenes for every task, or the public formats through orchestration/data/loaders.py."""
 from __future__ import annotations
 
 import logging
@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 
 from common.records import Sample
-from orchestration import loaders
+from orchestration.data import loaders
 from orchestration.config import DataConfig, SplitFiles
-from orchestration.synthetic import SYNTHETIC
+from orchestration.data.synthetic import SYNTHETIC
 
 log = logging.getLogger("perception_r1")
 
@@ -16,7 +16,7 @@ SOURCE_TASK = {"coco": "detection", "refcoco": "grounding", "grounding_jsonl": "
                "pixmo_count": "counting", "pageocr": "ocr"}
 
 
-# The file forms each source reads (orchestration/loaders.py); `auto` picks by suffix.
+# The file forms each source reads (orchestration/data/loaders.py); `auto` picks by suffix.
 SOURCE_FORMATS = {"coco": ("json",), "refcoco": ("pickle", "parquet"), "grounding_jsonl": ("json",),
                   "pixmo_count": ("json", "parquet"), "pageocr": ("json", "parquet")}
 SUFFIX_FORMAT = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".p": "pickle", ".pkl": "pickle",

@@ -2,7 +2,7 @@
 Ray's daemons, the learner ranks, engines and reward actors) at step 20 and at step 200. A leak shows as growth
 between the two; more than 10 % fails.
 
-    python -m orchestration.soak [--steps 200] [--at 20] [key.sub=value ...]
+    python -m orchestration.benchmarks.soak [--steps 200] [--at 20] [key.sub=value ...]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from orchestration.config import load_config
-from orchestration.tracking import read_jsonl
+from orchestration.driver.tracking import read_jsonl
 from orchestration.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"

@@ -79,7 +79,7 @@ def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", 
     """Two or three (`objects`) shapes; the question names one by colour and shape; truth = its box, and every
     object's box and name (`scene`, for the warm start's description with the `thinking` option). `distinct`
     ("pair" or "attributes"): whether the name may need both of its words (`_scene`)."""
-    from orchestration.prompts import grounding_prompt
+    from orchestration.data.prompts import grounding_prompt
 
     rng = random.Random(f"grounding-{split}-{seed}")
     out = []
@@ -95,7 +95,7 @@ def grounding_samples(n: int, seed: int, size: int = 112, split: str = "train", 
 
 def counting_samples(n: int, seed: int, size: int = 112, split: str = "train", max_count: int = 5) -> list[Sample]:
     """One to `max_count` dots; truth = their centre points (PixMo-Count style)."""
-    from orchestration.prompts import counting_prompt
+    from orchestration.data.prompts import counting_prompt
 
     rng = random.Random(f"counting-{split}-{seed}")
     out = []
@@ -124,7 +124,7 @@ def ocr_samples(n: int, seed: int, size: int = 112, split: str = "train") -> lis
     """One to three words drawn in black with PIL's built-in font; truth = the text."""
     from PIL import ImageFont
 
-    from orchestration.prompts import ocr_prompt
+    from orchestration.data.prompts import ocr_prompt
 
     rng = random.Random(f"ocr-{split}-{seed}")
     font = ImageFont.load_default(size=14)
@@ -141,7 +141,7 @@ def ocr_samples(n: int, seed: int, size: int = 112, split: str = "train") -> lis
 def detection_samples(n: int, seed: int, size: int = 112, split: str = "train", objects: tuple[int, int] = (1, 3)
                       ) -> list[Sample]:
     """One to three (`objects`) shapes; categories are the shape names; truth = boxes and labels (COCO style)."""
-    from orchestration.prompts import detection_prompt
+    from orchestration.data.prompts import detection_prompt
 
     rng = random.Random(f"detection-{split}-{seed}")
     out = []

@@ -43,7 +43,7 @@ def root(out_dir: Path) -> Path:
 
 def save(services, state: RunState, out_dir: Path, keep: int) -> Path:
     """Write a checkpoint of `state` and every learner rank; keep the newest `keep` complete ones."""
-    from orchestration.services import get_learners
+    from orchestration.driver.services import get_learners
 
     final = root(out_dir) / f"step_{state.step:08d}"
     partial = root(out_dir) / f".{final.name}.partial"
@@ -97,6 +97,6 @@ def read_state(path: Path) -> RunState:
 
 def restore(services, path: Path) -> None:
     """Load every learner rank's part of checkpoint `path`."""
-    from orchestration.services import get_learners
+    from orchestration.driver.services import get_learners
 
     get_learners([learner.load.remote(str(Path(path) / "learner")) for learner in services.learners])

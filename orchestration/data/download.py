@@ -34,7 +34,7 @@ class DownloadReport:
 
 def image_rows(path: str | Path) -> list[dict]:
     """`image_url` / `image_sha256` of every row of a parquet (file, folder or glob) or json/jsonl file."""
-    from orchestration import loaders
+    from orchestration.data import loaders
 
     text = str(path)
     if text.endswith((".json", ".jsonl")):

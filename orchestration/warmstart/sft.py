@@ -11,7 +11,7 @@ slows or (0) freezes the vision tower. Deterministic by `sft.seed`. The result i
 as rendered now), so later runs reuse it. With `sft.enabled`, `train` runs
 (or reuses) it and starts GRPO from it; it also works on a real checkpoint as a format warm start.
 
-    python -m orchestration.sft --config C [key.sub=value ...]
+    python -m orchestration.warmstart.sft --config C [key.sub=value ...]
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ log = logging.getLogger("perception_r1")
 def answer_label(sample) -> str | None:
     """The object name an answer carries: grounding's referring expression, counting's label."""
     if sample.task == "grounding":
-        from orchestration.prompts import grounding_expression
+        from orchestration.data.prompts import grounding_expression
 
         return grounding_expression(sample.question)
     if sample.task == "counting":
-        from orchestration.prompts import counting_label
+        from orchestration.data.prompts import counting_label
 
         return counting_label(sample.question)
     return None
@@ -72,8 +72,8 @@ def cache_key(cfg: RunConfig, base_path: str) -> str:
     nothing has to be bumped by hand."""
     from transformers import AutoProcessor
 
-    from orchestration.datasets import build_datasets
-    from orchestration.rollout import BadSample, encode_sample
+    from orchestration.data.datasets import build_datasets
+    from orchestration.data.encode import BadSample, encode_sample
 
     processor = AutoProcessor.from_pretrained(base_path)
     taught = hashlib.sha256()
@@ -102,6 +102,15 @@ def param_groups(model, lr: float, vision_scale: float) -> list[dict]:
     return [rest, {"params": visual, "lr": lr * vision_scale}]
 
 
+def prepare_model(cfg: RunConfig, out_dir: Path, warm: bool = True) -> str:
+    """The checkpoint GRPO starts from: the base model (`models.base_model`: `model.path`, or a tiny random
+    Qwen2.5-VL written into `out_dir`), or with `sft.enabled` (and `warm`) its supervised warm start (cached)."""
+    from orchestration.warmstart.models import base_model
+
+    base = base_model(cfg, out_dir)
+    return warm_start(cfg, base) if warm and cfg.sft.enabled else base
+
+
 def warm_start(cfg: RunConfig, base_path: str) -> str:
     """The warm-started checkpoint of `base_path` for `cfg`: reused from the cache, or trained and cached."""
     key = cache_key(cfg, base_path)
@@ -121,9 +130,9 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from learner.sequences import collate, response_logprobs
-    from orchestration.datasets import PromptSampler, SkippedSamples, build_datasets
+    from orchestration.data.datasets import PromptSampler, SkippedSamples, build_datasets
     from orchestration.evaluate import reaches
-    from orchestration.rollout import draw_prompts
+    from orchestration.data.encode import draw_prompts
 
     s = cfg.sft
     torch.manual_seed(s.seed)
@@ -259,8 +268,6 @@ class Probe:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestration.train import prepare_model
-
     parser = argparse.ArgumentParser(description="Supervised warm start of a Qwen2.5-VL on a task's answers")
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*")

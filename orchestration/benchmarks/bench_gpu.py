@@ -13,7 +13,7 @@ on a CPU the same script runs at a small size (`--size small`: bench-train's 20 
   bare     the same answers through the plain model, no DeepSpeed (full padded rows, AdamW): the floor
   sync     the weight broadcast learner -> engine (GB/s) and whether the engine then holds the learner's weights
 
-    python -m orchestration.bench_gpu [--size 3b|small|tiny] [--steps 3] [--baseline 0b29e31 | --baseline none]
+    python -m orchestration.benchmarks.bench_gpu [--size 3b|small|tiny] [--steps 3] [--baseline 0b29e31 | --baseline none]
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build(path: Path, size: str, device: str, dtype: torch.dtype) -> tuple[int, 
     from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                               Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
-    from orchestration.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
+    from orchestration.warmstart.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 
     s, tok = SIZES[size], build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.records import SamplingParams, TrainItem, TrainShard
     from common.vision import encode_prompt
     from learner.grpo import group_advantages
-    from orchestration.synthetic import grounding_samples
+    from orchestration.data.synthetic import grounding_samples
     from rollout_workers.transformers_engine import TransformersEngine
 
     path = out_dir / "model"

@@ -7,7 +7,7 @@ Printed: samples/s (answers per second of step time, after warm-up steps) and ge
 ratio, the project's per-phase times, and its weight-sync rate beside a bare memcpy and a bare gloo broadcast of the
 same bytes measured in the same run. Then the colour demo with train.max_staleness 0 and 1.
 
-    python -m orchestration.bench_train [--sizes demo,small] [--rounds 2] [--steps 5] [--no-staleness]
+    python -m orchestration.benchmarks.bench_train [--sizes demo,small] [--rounds 2] [--steps 5] [--no-staleness]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ PIXELS, IMAGE, PROMPTS, G, NEW_TOKENS, BETA, LR = 12544, 112, 8, 8, 32, 0.04, 1e
 
 def checkpoint(size: str) -> str:
     """The one checkpoint both trainers start from, written once."""
-    from orchestration.tiny_model import write_tiny_qwen25vl
+    from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
     path = ROOT / size / "model"
     if not (path / "config.json").is_file():
@@ -72,7 +72,7 @@ def run_trl(size: str, steps: int, warmup: int, seed: int = 0) -> dict:
 
     from common.records import RewardContext
     from common.vision import SYSTEM_PROMPT, resize_for_model
-    from orchestration.synthetic import SYNTHETIC
+    from orchestration.data.synthetic import SYNTHETIC
     from reward_service.config import RewardOptions
     from reward_service.registry import reward_fn
 
@@ -184,7 +184,7 @@ def run_demo(max_staleness: int) -> dict:
 # ---- driver -------------------------------------------------------------------------------------------------------
 def _in_child(what: str, *args) -> dict:
     """Each measurement in a fresh process (no state, threads or memory carried from one to the next)."""
-    out = subprocess.run([sys.executable, "-m", "orchestration.bench_train", "--child", what, *map(str, args)],
+    out = subprocess.run([sys.executable, "-m", "orchestration.benchmarks.bench_train", "--child", what, *map(str, args)],
                          capture_output=True, text=True)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from common.records import Sample
-from orchestration.prompts import counting_prompt, detection_prompt, grounding_prompt, ocr_prompt
+from orchestration.data.prompts import counting_prompt, detection_prompt, grounding_prompt, ocr_prompt
 
 log = logging.getLogger(__name__)
 

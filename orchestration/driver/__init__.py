@@ -1,0 +1,1 @@
+"""The driver's services: Ray actors, rollouts and rewards, checkpoints, tracking."""

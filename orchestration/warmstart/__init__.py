@@ -1,0 +1,1 @@
+"""The checkpoint GRPO starts from: the tiny-model factory and the supervised warm start."""
