@@ -15,6 +15,7 @@ import torch
 
 from common.devices import require_cuda
 from common.memory import return_large_blocks_to_os
+from common.progress import quiet_libraries
 from common.policy import eos_token_ids, model_policy
 from common.records import TrainShard
 from common.sync_group import create_sync_group, send_partitions
@@ -92,6 +93,7 @@ class LearnerRank:
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         elif "TORCH_CUDA_ARCH_LIST" in os.environ and not cfg.torch_adam:
             os.environ["TORCH_CUDA_ARCH_LIST"] = plain_cuda_arches(os.environ["TORCH_CUDA_ARCH_LIST"])
+        quiet_libraries()
         deepspeed.init_distributed(dist_backend=cfg.dist_backend)
         return_large_blocks_to_os()
         self.cfg, self.grpo, self.rank, self.world_size = cfg, grpo, rank, world_size

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ImageDraw
-from tqdm import tqdm
 
+from common.progress import progress
 from common.records import RewardContext, SamplingParams, Sample
 from orchestration.config import RunConfig
 from orchestration.data.encode import BadSample, encode_sample
@@ -147,12 +147,13 @@ class GreedyAnswers:
 
 
 def greedy_answers(engine, processor, cfg: RunConfig, samples: list[Sample], batch: int,
-                   progress: bool = False) -> GreedyAnswers:
+                   show: bool = False) -> GreedyAnswers:
     """Greedy answers of an in-process engine for `samples`, `batch` prompts per generate call, each scored with
     the task reward. A sample that cannot be prompted is logged and listed in `skipped`, never a crash."""
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
     out = GreedyAnswers()
-    for i in tqdm(range(0, len(samples), batch), desc="eval", unit="batch", disable=not progress):
+    starts = range(0, len(samples), batch)
+    for i in progress(starts, "eval", unit="batch") if show else starts:
         kept = []
         for s in samples[i : i + batch]:
             try:
@@ -185,7 +186,7 @@ def run_eval(cfg: RunConfig, checkpoint: str, out_dir: str | Path, num_examples:
     samples = build_split(cfg.data, "eval")
     engine = _engine(cfg, checkpoint)
     t0 = time.perf_counter()
-    done = greedy_answers(engine, processor, cfg, samples, cfg.train.eval_batch, progress=True)
+    done = greedy_answers(engine, processor, cfg, samples, cfg.train.eval_batch, show=True)
     elapsed = time.perf_counter() - t0
     metrics = done.metrics(cfg, coco_gt=official_coco_gt(cfg.data.eval.file, done.samples)
                            if cfg.data.source == "coco" else None)

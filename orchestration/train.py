@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from common.progress import progress, quiet_libraries
 from common.records import SamplingParams, Sample
 from common.storage import SharedStorageError, write_run_token
 from orchestration.config import RunConfig, load_config
@@ -162,6 +162,7 @@ class StepRollouts:
 
 def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
     """Run GRPO for `train.steps` steps; `resume` ("auto" or a checkpoint directory) continues a run exactly."""
+    quiet_libraries()
     start_ray(cfg)
     out_dir = run_directory(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +206,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
         print(f"eval before training: reward {before:.3f}"
               + (f", {headline} {_value(headline_before)}" if headline is not None else ""), flush=True)
 
-        bar = tqdm(range(first_step, cfg.train.steps + 1), desc="GRPO", unit="step", file=sys.stdout,
-                   dynamic_ncols=True, initial=first_step - 1, total=cfg.train.steps)
+        bar = progress(range(first_step, cfg.train.steps + 1), "GRPO", total=cfg.train.steps,
+                       initial=first_step - 1)
         rollouts = StepRollouts(services, cfg, processor, sampler, skipped, sampling)
         for step in bar:
             t_step = time.perf_counter()

@@ -17,6 +17,7 @@ import torch
 
 from common.devices import require_cuda
 from common.memory import return_large_blocks_to_os
+from common.progress import quiet_libraries
 from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, create_sync_group, receive_partitions, torch_dtype
@@ -35,6 +36,7 @@ class TransformersEngine:
         if num_threads:
             torch.set_num_threads(num_threads)
         return_large_blocks_to_os()  # each decode step frees [rows, vocabulary] logits: give them back
+        quiet_libraries()
         model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(dtype)).to(device)
         self._setup(model, AutoProcessor.from_pretrained(model_path).tokenizer, allowed_tokens)
 

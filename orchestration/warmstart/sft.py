@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from common.policy import Policy
+from common.progress import progress, quiet_libraries
 from common.records import TrainItem
 from orchestration.config import RunConfig, load_config
 
@@ -134,6 +134,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     from orchestration.evaluate import reaches
     from orchestration.data.encode import draw_prompts
 
+    quiet_libraries()
     s = cfg.sft
     torch.manual_seed(s.seed)
     if s.threads:
@@ -161,7 +162,7 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     # cannot be prompted or taught is skipped, logged and counted (data.max_bad_rows), as in GRPO.
     sampler, skipped = PromptSampler(train_set, s.seed), SkippedSamples(cfg.data.max_bad_rows)
     losses, probes, t0 = [], [], time.perf_counter()
-    bar = tqdm(range(1, s.steps + 1), desc="SFT", unit="step", file=sys.stdout, dynamic_ncols=True)
+    bar = progress(range(1, s.steps + 1), "SFT", total=s.steps)
     for step in bar:
         batch, prompts = [], {}
         while len(batch) < s.batch_size:
