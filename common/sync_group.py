@@ -24,6 +24,7 @@ class ParamMeta:
 
     @property
     def numel(self) -> int:
+        """Elements of the full tensor."""
         n = 1
         for s in self.shape:
             n *= s
@@ -41,10 +42,12 @@ class WeightPlan:
     sources: int
 
     def partition_numel(self, meta: ParamMeta) -> int:
+        """Elements of one rank's ZeRO-3 partition: ceil(numel / sources), the last one zero-padded."""
         return -(-meta.numel // self.sources)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of every full tensor in the plan."""
         return sum(m.numel * torch_dtype(m.dtype).itemsize for b in self.buckets for m in b)
 
 

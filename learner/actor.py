@@ -25,34 +25,44 @@ class LearnerActor:
         return ray.get_runtime_context().get_node_id(), os.getcwd()
 
     def setup(self, *args, **kwargs) -> None:
+        """Build this rank's `LearnerRank` (loads the model under ZeRO-3; arguments as its constructor)."""
         from learner.rank import LearnerRank
 
         self.rank = LearnerRank(*args, **kwargs)
 
     def train_step(self, shard):
+        """`LearnerRank.train_step` on this rank's shard; returns its metrics."""
         return self.rank.train_step(shard)
 
     def weight_plan(self):
+        """`LearnerRank.weight_plan`."""
         return self.rank.weight_plan()
 
     def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        """Join the weight-sync group (rank 0 hosts it at `host:port`)."""
         return self.rank.init_weight_sync(host, port, world_size)
 
     def sync_weights(self):
+        """Send this rank's partitions to every engine; returns timing and byte counts."""
         return self.rank.sync_weights()
 
     def state_checksums(self):
+        """float64 sum of each full parameter (collective: call on every rank)."""
         return self.rank.state_checksums()
 
     def get_parameter(self, name: str):
+        """One full parameter as a numpy array (collective)."""
         return self.rank.get_parameter(name)
 
     def save(self, directory: str) -> None:
+        """This rank's part of a resumable checkpoint under `directory` (collective)."""
         return self.rank.save(directory)
 
     def load(self, directory: str) -> None:
+        """Restore what `save` wrote (collective, same number of ranks)."""
         return self.rank.load(directory)
 
     def export_hf(self, directory: str, processor_path: str) -> None:
+        """A `from_pretrained` checkpoint of the policy in `directory`, rank 0 writing (collective)."""
         return self.rank.export_hf(directory, processor_path)
 

@@ -226,6 +226,7 @@ class LearnerRank:
 
     # ---- weight sync ------------------------------------------------------------------------------------------
     def weight_plan(self):
+        """The names, shapes and buckets of the weights this rank sends (`WeightPlan`)."""
         return self.weights.plan
 
     def init_weight_sync(self, host: str, port: int, world_size: int) -> None:

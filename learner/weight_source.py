@@ -20,6 +20,7 @@ def full_numel(p: torch.nn.Parameter) -> int:
 
 
 def full_shape(p: torch.nn.Parameter) -> tuple[int, ...]:
+    """The parameter's full (unpartitioned) shape: ZeRO-3 keeps it in `ds_shape`."""
     return tuple(getattr(p, "ds_shape", p.shape))
 
 

@@ -8,6 +8,7 @@ from orchestration.data.loaders import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch `perception-r1 <command>`; a config or data error prints one line and exits 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: perception-r1 train --config CONFIG [--resume auto|PATH] [key.sub=value ...]\n"

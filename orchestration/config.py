@@ -20,10 +20,12 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
+    """A config section: unknown keys are errors, named in the message."""
     model_config = ConfigDict(extra="forbid")
 
 
 class TinyModelConfig(Strict):
+    """The random tiny Qwen2.5-VL of `model.path: tiny` (orchestration/warmstart/tiny_model.py)."""
     hidden_size: int = Field(64, ge=8)
     num_layers: int = Field(2, ge=1)
     vision_hidden_size: int = Field(32, ge=8)
@@ -39,6 +41,7 @@ class TinyModelConfig(Strict):
 
 
 class ModelConfig(Strict):
+    """The checkpoint and its image and prompt limits (Qwen's smart_resize bounds, in pixels)."""
     path: str = Field("tiny", description="a checkpoint directory, or 'tiny' to write a random tiny Qwen2.5-VL")
     tiny: TinyModelConfig = TinyModelConfig()
     min_pixels: int = Field(3136, ge=784, description="Qwen's smart_resize lower bound on an image's pixels")
@@ -65,6 +68,7 @@ class SplitFiles(Strict):
 
 
 class DataConfig(Strict):
+    """Which task and data: synthetic scenes, or the public formats of `data.source` (orchestration/data)."""
     task: Literal["colour", "grounding", "counting", "ocr", "detection"] = "colour"
     source: Literal["synthetic", "coco", "refcoco", "grounding_jsonl", "pixmo_count", "pageocr"] = "synthetic"
     train: SplitFiles = SplitFiles()
@@ -100,6 +104,7 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
+    """The driver loop: steps, prompts per step, evaluation, checkpoints, output directory."""
     steps: int = Field(100, ge=0)
     prompts_per_step: int = Field(14, ge=1)
     seed: int = 0
@@ -147,6 +152,7 @@ class SFTConfig(Strict):
 
 
 class WandbConfig(Strict):
+    """Weights & Biases: online with WANDB_API_KEY, offline otherwise."""
     project: str = "perception-r1"
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="auto: online when WANDB_API_KEY is set, offline otherwise"
@@ -155,6 +161,7 @@ class WandbConfig(Strict):
 
 
 class RayConfig(Strict):
+    """Which Ray cluster, the start-up checks and waits."""
     address: str | None = Field(None, description="None: join a running cluster if there is one, else start one")
     num_cpus: int | None = Field(None, description="logical CPUs of a local cluster (default: enough for all actors)")
     check_resources: bool = Field(True, description="fail at start when the cluster has fewer GPUs/CPUs than the "
@@ -164,6 +171,7 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
+    """The whole run, one section per service; validated once at load (`load_config`)."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()

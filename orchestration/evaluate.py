@@ -100,6 +100,7 @@ def _per_answer(fn, wrong, *args, **kwargs):
 
 
 def true_boxes(sample: Sample) -> list[list[float]]:
+    """The sample's true boxes in original pixels for drawing (a counting point as a 4-pixel box)."""
     sol = sample.solution
     if sample.task == "grounding":
         return [sol["box"]]

@@ -32,6 +32,7 @@ log = logging.getLogger("perception_r1")
 
 @dataclass
 class TrainResult:
+    """What a run returns: held-out reward and headline metric before and after, and every step's metrics."""
     eval_before: float
     eval_after: float
     steps: int
@@ -156,6 +157,7 @@ class StepRollouts:
             self._pending[1].groups.exception()
 
     def close(self) -> None:
+        """Stop the background generation thread."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -318,6 +320,7 @@ def _yaml(cfg: RunConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m orchestration.train --config C [--resume auto|PATH] [key.sub=value ...]`."""
     parser = argparse.ArgumentParser(description="GRPO training of a Qwen2.5-VL perception policy")
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", default=None, metavar="auto|PATH",

@@ -40,6 +40,7 @@ def scene_description(solution, ctx: RewardContext, convention: str = "qwen25vl"
     the answer copies it from there."""
 
     def entry(label: str, box) -> str:
+        """One described object: its name and box."""
         return f"{label} [{', '.join(map(str, _answer_box(box, convention, ctx)))}]"
 
     scene = sorted(solution.get("scene") or (), key=lambda o: _top_left(o["box"]))

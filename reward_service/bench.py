@@ -25,6 +25,7 @@ CATS = [f"class{i}" for i in range(80)]
 
 # ---- plain baselines (one pair / one character at a time) ----------------------------------------------------------
 def grounding_baseline(answer, gt, *, convention, scale, orig_size, iou_power=2.0):
+    """Grounding reward of each answer in plain Python floats (the benchmark's baseline)."""
     box = predicted_box(answer, convention)
     if box is None:
         return {"format": 0.0, "iou": 0.0, "answer": 0.0, "total": 0.0}
@@ -38,6 +39,7 @@ def grounding_baseline(answer, gt, *, convention, scale, orig_size, iou_power=2.
 
 
 def counting_baseline(answer, gt_points, *, convention, scale, orig_size, resized_size, max_items=DEFAULT_MAX_ITEMS):
+    """Counting reward per answer with per-sample Python loops (the baseline)."""
     boxes = parse_boxes(answer, convention)
     if not boxes or any(b is None for b in boxes):
         return {"format": 0.0, "answer": 0.0, "count_error": float(len(gt_points)), "total": 0.0}
@@ -53,6 +55,7 @@ def counting_baseline(answer, gt_points, *, convention, scale, orig_size, resize
 
 
 def levenshtein(a: str, b: str) -> int:
+    """Character edit distance by the textbook dynamic program (the baseline of rapidfuzz)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
@@ -63,6 +66,7 @@ def levenshtein(a: str, b: str) -> int:
 
 
 def ocr_baseline(answer, gt):
+    """OCR reward per answer with `levenshtein` (the baseline)."""
     pred, gt = clean_text(answer), clean_text(gt)
     longest = max(len(pred), len(gt))
     sim = 1.0 if longest == 0 else 1.0 - levenshtein(pred, gt) / longest
@@ -80,6 +84,7 @@ def _jitter(rng, b, s=0.5, k=8.0):
 
 
 def workloads(n: int, seed: int = 0):
+    """The benchmark's answers and truths per task, deterministic by seed."""
     rng = random.Random(seed)
     out = {}
     gts = [_box(rng) for _ in range(n)]
@@ -112,6 +117,7 @@ def _time(fn, reps: int = 1):
 
 
 def run(n: int = 400) -> list[dict]:
+    """Each task's reward over `n` samples, fast and baseline, asserting identical values; rows of samples/s."""
     loads = workloads(n)
     cases = {
         "grounding": (lambda: [grounding_reward(a, g, convention="qwen25vl", **GEO) for a, g in zip(*loads["grounding"])],
@@ -150,6 +156,7 @@ def worst_cases() -> list[tuple[str, str, float]]:
     from reward_service.boxes import MAX_ANSWER_CHARS
 
     def flood(make_item, limit=MAX_ANSWER_CHARS - 2):
+        """The slowest answer within the response cap for each task (thousands of boxes, huge text)."""
         items, size = [], 0
         while True:
             item = json.dumps(make_item(len(items)), separators=(",", ":"))
@@ -179,6 +186,7 @@ def worst_cases() -> list[tuple[str, str, float]]:
 
 
 def main() -> int:
+    """`make bench`: the throughput table, then the worst-case scoring time per task."""
     rows = run()
     print(f"{'reward':<14}{'answers':>8}{'samples/s':>12}{'baseline/s':>12}{'ratio':>10}{'mean reward':>13}")
     for r in rows:

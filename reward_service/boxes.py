@@ -28,6 +28,7 @@ _QWEN2VL_ONLY = re.compile(rf"(?:{_QWEN2VL_BOX.pattern})+")
 
 @dataclass(frozen=True)
 class Box:
+    """One parsed box in the answer's coordinate space, with its label when the answer gave one."""
     x1: float
     y1: float
     x2: float
@@ -36,9 +37,11 @@ class Box:
 
     @property
     def valid(self) -> bool:
+        """Not inverted: x2 >= x1 and y2 >= y1."""
         return self.x2 >= self.x1 and self.y2 >= self.y1
 
     def as_list(self) -> list[float]:
+        """[x1, y1, x2, y2]."""
         return [self.x1, self.y1, self.x2, self.y2]
 
 
@@ -140,6 +143,7 @@ def to_original_space(box_xyxy, convention: str, scale: tuple[float, float], ori
 
 
 def answer_space_diagonal(convention: str, resized_size: tuple[int, int]) -> float:
+    """The diagonal of the answer's space: the resized image's (qwen25vl) or 1000 * sqrt(2) (qwen2vl)."""
     if convention == "qwen2vl":
         return 1000 * math.sqrt(2)
     w, h = resized_size

@@ -26,6 +26,7 @@ class RewardOptions(BaseModel):
 
 
 class RewardConfig(BaseModel):
+    """The reward pool (actors, timeouts, retries) and the task rewards' options."""
     model_config = ConfigDict(extra="forbid")
 
     num_workers: int = Field(2, ge=1, description="reward actors in the pool")

@@ -23,6 +23,7 @@ def count_boxes(answer: str, convention: str) -> int | None:
 
 
 def points_to_answer_space(points, convention: str, scale, orig_size) -> np.ndarray:
+    """Points [N, 2] in original pixels -> the answer's space: resized-image pixels (qwen25vl) or 0-1000 (qwen2vl)."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if convention == "qwen25vl":
         return pts * np.asarray(scale, dtype=np.float64)

@@ -42,6 +42,7 @@ def valid_items(answer: str, categories, convention: str) -> tuple[list[Box], in
 
 
 def size_weight(area: float) -> float:
+    """COCO size weight of a box's area in pixels: 3 small (< 32^2), 2 medium (< 96^2), 1 large."""
     return 3.0 if area < SMALL else 2.0 if area < MEDIUM else 1.0
 
 

@@ -27,6 +27,8 @@ def _giou(a, b) -> float:
 def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, convention, scale, orig_size,
                                resized_size, l1_normalized=False, size_weights=False, missing_penalty=True,
                                max_items=DEFAULT_MAX_ITEMS):
+    """The detection reward written out step by step in plain Python, as SPEC.md words it: tests compare the fast one
+    with it."""
     out, valid = format_stage(answer, len(gt_boxes), categories, convention)  # parsing is shared
     if not valid or len(gt_boxes) == 0:
         return out
@@ -40,6 +42,7 @@ def detection_reward_reference(answer, gt_boxes, gt_labels, categories, *, conve
         w, h = float(resized_size[0]), float(resized_size[1])
 
     def cxcywh(b):
+        """[x1, y1, x2, y2] -> [cx, cy, w, h]."""
         c = [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1]]
         return [c[0] / w, c[1] / h, c[2] / w, c[3] / h] if l1_normalized else c
 

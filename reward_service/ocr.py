@@ -20,6 +20,8 @@ def clean_text(answer: str) -> str:
 
 
 def ocr_reward(answer: str, gt: str) -> dict[str, float]:
+    """`answer` = `total` = 1 - normalised character Levenshtein distance of the cleaned texts, in [0, 1] (1 for two
+    empty texts)."""
     pred, gt = clean_text(answer), clean_text(gt)
     # normalized_similarity = 1 - distance / max(len(a), len(b)), and 1.0 for two empty strings.
     sim = float(Levenshtein.normalized_similarity(pred, gt))

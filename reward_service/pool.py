@@ -37,12 +37,15 @@ class ScoreJob:
 
 @dataclass
 class PoolStats:
+    """What one `collect` saw: calls resubmitted after a dead or hung actor, timeouts, groups scored 0."""
     retries: int = 0  # resubmissions after a dead or hung actor
     timeouts: int = 0  # calls that ran past reward.timeout_s
     failed_groups: int = 0  # groups scored 0 after max_retries
 
 
 class RewardPool:
+    """The reward actors (`reward.num_workers`): scoring calls go to the least busy, each with a timeout; a dead or
+    hung actor is replaced and its call resubmitted up to `reward.max_retries` times, then its groups score 0."""
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
         self.actors = [self._new_actor() for _ in range(cfg.num_workers)]
@@ -114,5 +117,6 @@ class RewardPool:
         running[job.ref] = job
 
     def busy_seconds(self) -> float:
+        """Seconds each actor spent scoring (for the overlap metrics and the benchmark)."""
         return sum(ray.get([a.busy_seconds.remote() for a in self.actors], timeout=60))
 

@@ -39,6 +39,7 @@ REWARDS: dict[str, RewardFn] = {
 
 
 def reward_fn(task: str) -> RewardFn:
+    """The reward of `task`; KeyError naming the known tasks otherwise."""
     try:
         return REWARDS[task]
     except KeyError:

@@ -19,6 +19,7 @@ class RewardWorker:
         self.busy_s = 0.0
 
     def score(self, groups: list[list[Rollout]], contexts: list[RewardContext]) -> list[list[ScoredRollout]]:
+        """Scored groups for `groups` [prompts][G] with one `RewardContext` per prompt; never raises for an answer."""
         t0 = time.perf_counter()
         out = [[score_one(r, ctx, self.options) for r in group] for group, ctx in zip(groups, contexts, strict=True)]
         self.busy_s += time.perf_counter() - t0
@@ -42,13 +43,16 @@ def score_one(rollout: Rollout, ctx: RewardContext, options: RewardOptions) -> S
 
 @ray.remote
 class RewardActor:
+    """Ray shell over `RewardWorker` (one process of the reward pool)."""
     def __init__(self, options: RewardOptions | None = None):
         self.worker = RewardWorker(options)
 
     def score(self, groups, contexts):
+        """Scored groups for `groups` [prompts][G] with one `RewardContext` per prompt; never raises for an answer."""
         return self.worker.score(groups, contexts)
 
     def busy_seconds(self) -> float:
+        """Seconds spent scoring so far."""
         return self.worker.busy_s
 
     def block(self, seconds: float) -> None:

@@ -26,18 +26,23 @@ class EngineActor:
             raise ValueError(f"rollout backend must be 'transformers' or 'vllm', got {backend!r}")
 
     def generate(self, requests, sampling):
+        """The engine's `generate`: one group of `sampling.n` rollouts per request."""
         return self.engine.generate(requests, sampling)
 
     def policy_version(self) -> int:
+        """The weights version the engine holds."""
         return self.engine.policy_version()
 
     def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join the weight-sync group as `rank`."""
         return self.engine.init_weight_sync(backend, host, port, rank, world_size)
 
     def receive_weights(self, version: int, plan) -> int:
+        """Receive a broadcast of the learner's weights as `version`; returns the version."""
         return self.engine.receive_weights(version, plan)
 
     def shutdown(self) -> None:
+        """Stop the engine (vLLM's engine-core process too) before the actor goes."""
         self.engine.shutdown()
 
     def pids(self) -> list[int]:
@@ -48,7 +53,9 @@ class EngineActor:
         return [me.pid] + [c.pid for c in me.children(recursive=True)]
 
     def state_checksums(self) -> dict[str, float]:
+        """The engine's per-parameter sums (transformers backend only)."""
         return self.engine.state_checksums()
 
     def get_parameter(self, name: str):
+        """One parameter as numpy (transformers backend only)."""
         return self.engine.get_parameter(name)

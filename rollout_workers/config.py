@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RolloutConfig(BaseModel):
+    """The engines' section: backend, devices, and the paper's sampling (SPEC.md) as defaults."""
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["transformers", "vllm"] = "transformers"

@@ -166,6 +166,7 @@ class TransformersEngine:
 
     # ---- weights ----------------------------------------------------------------------------------------------
     def policy_version(self) -> int:
+        """The weights version this engine holds (0 before the first sync)."""
         return self.version
 
     def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
@@ -212,4 +213,5 @@ class TransformersEngine:
         return {n: float(p.detach().double().sum()) for n, p in self._params.items()}
 
     def get_parameter(self, name: str) -> np.ndarray:
+        """One parameter as a float32 numpy array (tests compare it with the learner's)."""
         return self._params[name].detach().float().cpu().numpy()

@@ -23,6 +23,8 @@ WORKER_EXTENSION = "rollout_workers.vllm_engine.WeightSyncExtension"
 
 
 class VLLMEngine:
+    """vLLM generating G answers per prompt under the project's policy (`processed_logprobs`, the suppressed ids as
+    logit bias, no generation defaults from the checkpoint), receiving weights through a worker extension."""
     def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.6,
                  max_model_len: int = 4096, seed: int = 0, allowed_tokens: list[str] | None = None):
         from transformers import AutoConfig, GenerationConfig
@@ -94,6 +96,7 @@ class VLLMEngine:
         return groups
 
     def policy_version(self) -> int:
+        """The weights version this engine holds."""
         return self.version
 
     def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
@@ -103,6 +106,7 @@ class VLLMEngine:
         self.llm.collective_rpc("init_weight_sync", args=(backend, host, port, rank, world_size))
 
     def receive_weights(self, version: int, plan: WeightPlan) -> int:
+        """Receive a broadcast into every worker, then drop the prefix and encoder caches of the old weights."""
         self.llm.collective_rpc("receive_weights", args=(plan_to_wire(plan),))
         self.llm.reset_prefix_cache()  # KV blocks computed with the old weights
         self.llm.llm_engine.reset_encoder_cache()  # vision embeddings computed with the old weights
@@ -115,9 +119,11 @@ class VLLMEngine:
         self.llm.llm_engine.engine_core.shutdown()
 
     def state_checksums(self) -> dict[str, float]:
+        """Not available: vLLM repacks weights (NotImplementedError)."""
         raise NotImplementedError("vLLM repacks weights (sums read 0 on CPU): verify a sync by log-probs instead")
 
     def get_parameter(self, name: str):
+        """Not available: vLLM repacks weights (NotImplementedError)."""
         raise NotImplementedError("vLLM repacks weights: verify a sync by log-probs instead")
 
 
@@ -126,11 +132,13 @@ class WeightSyncExtension:
     `self.reload_weights`)."""
 
     def init_weight_sync(self, backend, host, port, rank, world_size):
+        """In the worker: join the sync group as `rank`."""
         from common.sync_group import create_sync_group
 
         self._sync_group = create_sync_group(backend, host, port, rank, world_size)
 
     def receive_weights(self, wire_plan):
+        """Receive a broadcast into every worker, then drop the prefix and encoder caches of the old weights."""
         import torch
 
         from common.sync_group import plan_from_wire, receive_buckets

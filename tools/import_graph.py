@@ -120,11 +120,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def mermaid(graph: dict[str, set[str]], known: dict[str, Path]) -> str:
-    """Rooms as nodes (with their module count and lines), import edges between rooms, floors top-down."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for module, path in known.items():
-        counts[room(module)][0] += 1
-        counts[room(module)][1] += len(path.read_text().splitlines())
+    """Rooms as nodes (with their module count), import edges between rooms (with the number of module pairs),
+    floors top-down."""
+    counts: dict[str, int] = defaultdict(int)
+    for module in known:
+        counts[room(module)] += 1
     edges: dict[tuple[str, str], int] = defaultdict(int)
     for src, targets in graph.items():
         for dst in targets:
@@ -135,7 +135,7 @@ def mermaid(graph: dict[str, set[str]], known: dict[str, Path]) -> str:
     for floor in reversed(FLOORS):
         for r in floor:
             if r in counts:
-                lines.append(f'    {node[r]}["{r}<br/>{counts[r][0]} modules, {counts[r][1]} lines"]')
+                lines.append(f'    {node[r]}["{r}<br/>{counts[r]} modules"]')
     for (a, b), n in sorted(edges.items(), key=lambda e: (-FLOOR[e[0][0]], FLOOR[e[0][1]], e[0])):
         lines.append(f"    {node[a]} -->|{n}| {node[b]}")
     lines.append("```")

@@ -279,6 +279,7 @@ def baseline_tree(rev: str) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make bench-gpu [ARGS='--size 3b|small|tiny ...']`: every figure, printed and in results.json."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="3b" if torch.cuda.is_available() else "small")
     parser.add_argument("--steps", type=int, default=3)

@@ -40,6 +40,7 @@ def checkpoint(size: str) -> str:
 
 # ---- the project ----------------------------------------------------------------------------------------------------
 def run_project(size: str, steps: int, warmup: int) -> dict:
+    """This project's GRPO on the benchmark's checkpoint and scenes: samples/s, tokens/s, per-phase seconds, sync GB/s."""
     from orchestration.config import load_config
     from orchestration.train import train
 
@@ -169,6 +170,7 @@ def _broadcast_worker(rank: int, host: str, port: int, n: int, reps: int, result
 
 # ---- staleness on the colour demo ---------------------------------------------------------------------------------
 def run_demo(max_staleness: int) -> dict:
+    """The colour demo at `train.max_staleness` 0 or 1: eval reward and seconds per step."""
     from orchestration.config import load_config
     from orchestration.train import train
 
@@ -193,6 +195,7 @@ def _in_child(what: str, *args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make bench-train`: alternated runs of both trainers, then the printed comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="demo,small")
     ap.add_argument("--rounds", type=int, default=2)

@@ -59,6 +59,7 @@ def watch(metrics: Path, at: list[int], out: dict[int, dict], stop: threading.Ev
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make soak`: the colour demo for 200 steps; fails past 10 % growth of any process's resident memory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--at", type=int, default=20, help="the early measurement's step")

@@ -98,6 +98,7 @@ class PromptSampler:
         self._index = {s.id: i for i, s in enumerate(samples)}
 
     def next(self, n: int) -> list[Sample]:
+        """The next `n` samples of the endless shuffled epochs (excluded ones left out)."""
         out = []
         while len(out) < n:
             if not self.order:
@@ -111,13 +112,16 @@ class PromptSampler:
         return out
 
     def exclude(self, sample_id: str) -> None:
+        """Leave `sample_id` out of later epochs (it could not be prompted)."""
         self.excluded.add(self._index[sample_id])
 
     def state(self) -> dict:
+        """The sampler's position and RNG, JSON-serialisable, for a checkpoint."""
         version, internal, gauss = self.rng.getstate()
         return {"rng": [version, list(internal), gauss], "order": list(self.order), "excluded": sorted(self.excluded)}
 
     def load_state(self, state: dict) -> None:
+        """Continue exactly where `state` was taken."""
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.order = list(state["order"])
@@ -132,6 +136,7 @@ class SkippedSamples:
         self.limit, self.count, self.first = limit, count, None
 
     def report(self, sample: Sample, reason: str) -> None:
+        """Count and log one skipped sample; DataError past the limit, naming the first and the last."""
         where = sample.origin or sample.id
         self.count += 1
         self.first = self.first or f"{where}: {reason}"

@@ -98,6 +98,7 @@ def _sha256(data: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`perception-r1 download-images --file ROWS --out DIR`; exit 1 if any image failed."""
     parser = argparse.ArgumentParser(description="Download a dataset's images by URL once, checking SHA-256")
     parser.add_argument("--file", required=True, help="rows with image_url + image_sha256 (parquet, json, jsonl)")
     parser.add_argument("--out", required=True, help="the folder to use as data.<split>.image_dir")

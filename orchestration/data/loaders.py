@@ -41,6 +41,7 @@ class BadRows:
     messages: list[str] = field(default_factory=list)
 
     def report(self, row: int, reason: str) -> None:
+        """Log one corrupt row as file:row: reason; DataError past the limit."""
         msg = f"{self.path}:{row}: {reason}"
         self.messages.append(msg)
         log.warning("skipping corrupt row %s", msg)
@@ -253,6 +254,7 @@ class ImageFolder:
         self._names: dict[str, str] | None = None
 
     def find(self, row: dict) -> str:
+        """The local path of a row's image (ValueError naming the hash, the URL and the folder where it is missing)."""
         local = row.get("image") or row.get("image_path")
         if isinstance(local, str) and local:
             return str(self.root / local)
@@ -370,6 +372,7 @@ class Table:
         return out
 
     def image_column(self, column: str, image_root: str | Path | None = None) -> ImageColumn:
+        """The `column` of images, undecoded (bytes or paths under `image_root`)."""
         import datasets
 
         images = self.data.select_columns([column]).cast_column(column, datasets.Image(decode=False))
@@ -385,6 +388,7 @@ class ImageColumn:
     root: Path | None
 
     def read(self, row: int) -> bytes | str:
+        """The image of the row: embedded bytes, or its path."""
         cell = self.data[row][self.column] or {}
         if cell.get("bytes"):
             return cell["bytes"]
@@ -401,6 +405,7 @@ class TableImage:
     row: int
 
     def read(self) -> bytes | str:
+        """The image of the row: embedded bytes, or its path."""
         return self.images.read(self.row)
 
     def __str__(self) -> str:

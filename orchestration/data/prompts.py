@@ -5,6 +5,7 @@ import re
 
 
 def grounding_prompt(expression: str) -> str:
+    """SPEC's grounding prompt for a referring expression."""
     return f"Output the bounding box of the {expression} in the image."
 
 
@@ -15,6 +16,7 @@ def grounding_expression(question: str) -> str | None:
 
 
 def counting_prompt(label: str) -> str:
+    """SPEC's counting prompt for an object label."""
     return f"Output all the bounding boxes of the {label}"
 
 
@@ -25,14 +27,17 @@ def counting_label(question: str) -> str | None:
 
 
 def ocr_prompt() -> str:
+    """SPEC's OCR prompt."""
     return "OCR this image."
 
 
 def detection_prompt(categories: list[str]) -> str:
+    """SPEC's detection training prompt for a category list."""
     return f"Please output bbox coordinates and names of {', '.join(categories)}."
 
 
 def detection_eval_prompt(categories: list[str]) -> str:
+    """SPEC's alternative detection prompt for evaluation."""
     return ("Locate every item from the category list in the image and output the coordinates in JSON format. "
             f"The category set includes {', '.join(categories)}.")
 

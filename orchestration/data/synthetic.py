@@ -21,6 +21,7 @@ def _png(image: Image.Image) -> bytes:
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    """A filled circle, square or triangle inside `box` (inclusive pixel bounds)."""
     x1, y1, x2, y2 = box
     if shape == "circle":
         draw.ellipse(box, fill=fill)

@@ -38,6 +38,7 @@ class RunState:
 
 
 def root(out_dir: Path) -> Path:
+    """Where a run's checkpoints live: `<output_dir>/checkpoints`."""
     return Path(out_dir) / "checkpoints"
 
 
@@ -92,6 +93,7 @@ def resolve(resume: str | None, out_dir: Path) -> Path | None:
 
 
 def read_state(path: Path) -> RunState:
+    """The driver's `RunState` saved in checkpoint `path`."""
     return RunState(**json.loads((Path(path) / "state.json").read_text()))
 
 

@@ -27,6 +27,7 @@ class LearnerDied(RuntimeError):
 
 @dataclass
 class Services:
+    """The running actors of a run and the weights version every engine holds."""
     cfg: RunConfig
     model_path: str
     engines: list  # EngineActor handles

@@ -26,6 +26,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 class Tracker:
+    """W&B (online with WANDB_API_KEY, offline otherwise) and metrics.jsonl / samples.jsonl beside it; on resume both
+    files drop rows past the checkpoint."""
     def __init__(self, cfg: RunConfig, out_dir: Path, resume_step: int | None = None, run_id: str | None = None):
         import wandb
 
@@ -48,10 +50,12 @@ class Tracker:
 
     @property
     def run_dir(self) -> str | None:
+        """The W&B run's directory (None when W&B is disabled)."""
         return None if self.run is None else str(Path(self.run.dir).parent)
 
     @property
     def run_id(self) -> str | None:
+        """The W&B run id, kept in checkpoints so a resumed run continues it."""
         return None if self.run is None else self.run.id
 
     def log(self, metrics: dict[str, float | None], step: int) -> None:
@@ -63,16 +67,19 @@ class Tracker:
         self.jsonl.flush()
 
     def log_samples(self, sample_ids: list[str], step: int) -> None:
+        """The sample ids trained at `step` (resume tests compare them)."""
         self.samples.write(json.dumps({"step": step, "sample_ids": sample_ids}) + "\n")
         self.samples.flush()
 
     def log_images(self, key: str, images, captions: list[str], step: int) -> None:
+        """Images with captions to W&B at `step`."""
         if self.run is not None:
             import wandb
 
             self.run.log({key: [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
 
     def finish(self) -> None:
+        """Close W&B and the files."""
         if self.run is not None:
             self.run.finish()
         self.jsonl.close()

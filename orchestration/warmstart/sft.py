@@ -253,6 +253,7 @@ class Probe:
         return step % every == 0 or step == self.cfg.sft.steps
 
     def measure(self, step: int) -> dict[str, float | None]:
+        """The task's metrics on the probe set (greedy), logged with `step`."""
         from orchestration.evaluate import greedy_answers, reaches
 
         done = greedy_answers(self.engine, self.processor, self.cfg, self.samples, self.cfg.train.eval_batch)
@@ -269,6 +270,7 @@ class Probe:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`perception-r1 sft --config C [key.sub=value ...]`: print the warm start's directory (built or cached)."""
     parser = argparse.ArgumentParser(description="Supervised warm start of a Qwen2.5-VL on a task's answers")
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*")

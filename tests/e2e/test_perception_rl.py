@@ -11,7 +11,7 @@ from orchestration.config import load_config
 from orchestration.driver.tracking import read_jsonl
 from orchestration.train import train
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.learning]
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_grounding.yaml"
 
 

@@ -14,6 +14,7 @@ from orchestration.warmstart.sft import prepare_model
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
 
 
+@pytest.mark.learning
 def test_warm_start_learns_is_deterministic_and_cached(tmp_path):
     over = ["sft.steps=40", "sft.batch_size=8", "data.train_size=64", "data.eval_size=4", "sft.threads=1",
             f"sft.output_dir={tmp_path / 'sft'}"]
