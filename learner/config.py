@@ -36,6 +36,10 @@ class LearnerConfig(Strict):
     lr: float = Field(1e-6, gt=0)
     warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the learning rate rises linearly "
                                                    "from 0 to lr (DeepSpeed's WarmupLR); 0: lr from the first")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="linear: after the warm-up the learning rate falls linearly to 0 at the run's last "
+                                "optimizer update, train.steps x grpo.ppo_epochs (transformers' "
+                                "get_linear_schedule_with_warmup, TRL's default); constant: lr throughout")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0)

@@ -29,7 +29,8 @@ from learner.weight_source import ZeroWeightSource
 def deepspeed_config(cfg: LearnerConfig, with_optimizer: bool) -> dict:
     """The DeepSpeed config for the policy (with optimizer) or the frozen reference model. Micro-batches vary in
     number from step to step (a token budget): `train_step` marks DeepSpeed's accumulation boundary itself, so
-    DeepSpeed's own count is 1 and its micro-batch size nominal."""
+    DeepSpeed's own count is 1 and its micro-batch size nominal. A linear `lr_schedule` is not in it: `LearnerRank`
+    hands DeepSpeed transformers' scheduler (`linear_schedule`)."""
     ds = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -54,11 +55,27 @@ def deepspeed_config(cfg: LearnerConfig, with_optimizer: bool) -> dict:
         if cfg.torch_adam and cfg.device == "cuda":
             params["fused"] = True  # torch's own fused kernel: DeepSpeed passes it to torch.optim.AdamW
         ds["optimizer"] = {"type": "AdamW", "params": params}
-        if cfg.warmup_steps:
+        if cfg.warmup_steps and cfg.lr_schedule == "constant":
             ds["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr,
                                                               "warmup_num_steps": cfg.warmup_steps,
                                                               "warmup_type": "linear"}}
     return ds
+
+
+def linear_schedule(cfg: LearnerConfig, total_updates: int | None):
+    """For `lr_schedule: linear`, the function DeepSpeed calls with its optimizer to build the scheduler: the learning
+    rate rises over `warmup_steps` updates, then falls linearly to 0 at update `total_updates` (transformers'
+    get_linear_schedule_with_warmup, TRL's default). None for a constant schedule.
+
+    Raises ValueError: a linear schedule without `total_updates` (the driver passes train.steps x ppo_epochs)."""
+    if cfg.lr_schedule == "constant":
+        return None
+    if not total_updates or total_updates <= cfg.warmup_steps:
+        raise ValueError(f"learner.lr_schedule=linear needs more optimizer updates than learner.warmup_steps="
+                         f"{cfg.warmup_steps}; the run has {total_updates}")
+    from transformers import get_linear_schedule_with_warmup
+
+    return lambda optimizer: get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_updates)
 
 
 def plain_cuda_arches(arch_list: str) -> str:
@@ -72,9 +89,11 @@ class LearnerRank:
     """Policy (and reference) model of one rank of the ZeRO-3 group."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, rank: int, world_size: int,
-                 master_addr: str, master_port: int, sampling: dict, allowed_tokens: list[str] | None = None):
+                 master_addr: str, master_port: int, sampling: dict, allowed_tokens: list[str] | None = None,
+                 total_updates: int | None = None):
         """`sampling` (temperature, top_k, top_p) and `allowed_tokens` are the engines': with them the learner
-        computes log-probs under the very policy the engines sample from (common/policy.py)."""
+        computes log-probs under the very policy the engines sample from (common/policy.py). `total_updates`: the
+        run's optimizer updates, where a linear `lr_schedule` reaches 0."""
         if cfg.device == "cuda":
             require_cuda("learner.device")
         import deepspeed
@@ -100,6 +119,8 @@ class LearnerRank:
         self.device = torch.device("cuda", 0) if cfg.device == "cuda" else torch.device("cpu")
         dtype = getattr(torch, cfg.dtype)
 
+        schedule = linear_schedule(cfg, total_updates)
+
         def load(with_optimizer: bool):
             ds_config = deepspeed_config(cfg, with_optimizer)
             # Alive during from_pretrained, this makes transformers build the model partitioned (zero.Init):
@@ -111,7 +132,8 @@ class LearnerRank:
             if with_optimizer and cfg.gradient_checkpointing:
                 model.gradient_checkpointing_enable()
             params = [p for p in model.parameters() if p.requires_grad] if with_optimizer else None
-            engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config,
+                                              lr_scheduler=schedule if with_optimizer else None)
             return engine, hf_ds
 
         self.engine, self._hf_ds = load(with_optimizer=True)

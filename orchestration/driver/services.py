@@ -177,7 +177,8 @@ def start_services(cfg: RunConfig, model_path: str, run_dir: Path | None = None,
     setup = [
         actor.setup.remote(model_path, cfg.learner, cfg.grpo, rank, cfg.learner.num_ranks, master_host, master_port,
                            sampling=cfg.rollout.policy_sampling(),
-                           allowed_tokens=cfg.rollout.allowed_tokens)
+                           allowed_tokens=cfg.rollout.allowed_tokens,
+                           total_updates=cfg.train.steps * cfg.grpo.ppo_epochs)
         for rank, actor in enumerate(learners)
     ]
     engines = [start_engine(cfg, model_path) for _ in range(cfg.rollout.num_engines)]
