@@ -11,6 +11,13 @@ reload (`reload_weights(weights_iterator=..., is_checkpoint_format=True)`), whic
 vLLM's fused and repacked layout; `model.load_weights` alone fails where vLLM repacks weights (its CPU kernels).
 Only plain lists cross `collective_rpc` (msgspec). After every update the prefix, encoder and multimodal caches are
 reset: KV blocks and vision embeddings computed with the old weights must not be reused.
+
+Two faults of vLLM's CPU build (0.32), worked around here and covered by `make test-vllm`: a prefill split over
+two scheduler steps rewinds the request's seeded generator with `Generator.set_offset`, which torch's CPU generator
+lacks ("CPU Generator does not use offset": the engine dies), so on CPU prefills are not chunked; and the CPU build
+packs each output layer's weight for its GEMM at load time, which an in-place reload refreshes only for layers that
+receive weights, so an output layer tied to the input embedding (Qwen2.5-VL-3B) kept the old weights: log-probs
+0.31 nats per token away from the learner's after one update (`refresh_tied_output_layers`).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class VLLMEngine:
                  max_model_len: int = 4096, seed: int = 0, allowed_tokens: list[str] | None = None):
         from transformers import AutoConfig, GenerationConfig
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         from common.policy import eos_token_ids, model_policy
 
@@ -40,6 +48,8 @@ class VLLMEngine:
             # Sampling is ours alone: no defaults from the checkpoint's generation_config (Qwen's repetition
             # penalty, top_k=1 ...) may change the policy behind the learner's back.
             generation_config="vllm",
+            # CPU: a split prefill rewinds the seeded generator, which torch's CPU generator cannot (module doc)
+            enable_chunked_prefill=not current_platform.is_cpu(),
         )
         self.tokenizer = self.llm.get_tokenizer()
         cfg = AutoConfig.from_pretrained(model_path)
@@ -146,5 +156,21 @@ class WeightSyncExtension:
         plan = plan_from_wire(wire_plan)
         self.reload_weights(weights_iterator=receive_buckets(self._sync_group, plan, self.device),
                             is_checkpoint_format=True)
+        refresh_tied_output_layers(self.model_runner.get_model())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def refresh_tied_output_layers(model) -> int:
+    """Re-run the weight processing of every output layer (`ParallelLMHead`) that shares its weight with an input
+    embedding; returns how many. vLLM skips `lm_head.*` when the embeddings are tied, so an in-place reload loads no
+    weight into such a layer and leaves whatever its quantization method derived from the old weight at load time
+    (on CPU, a packed GEMM operand). On GPU the unquantized method derives nothing, and this changes nothing."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    inputs = {m.weight.data_ptr() for m in model.modules()
+              if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+    tied = [m for m in model.modules() if isinstance(m, ParallelLMHead) and m.weight.data_ptr() in inputs]
+    for head in tied:
+        head.quant_method.process_weights_after_loading(head)
+    return len(tied)
