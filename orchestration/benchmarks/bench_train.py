@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path("outputs/bench_train")
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"  # the colour toy, for the sync figure
 SIZES = {  # write_tiny_qwen25vl arguments
     "demo": dict(hidden_size=64, num_layers=2, vision_hidden_size=32, vision_depth=2),
     "small": dict(hidden_size=512, num_layers=8, vision_hidden_size=128, vision_depth=4),
@@ -174,7 +175,7 @@ def run_demo(max_staleness: int) -> dict:
     from orchestration.config import load_config
     from orchestration.train import train
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml", [
+    cfg = load_config(DEMO_CONFIG, [
         f"train.max_staleness={max_staleness}", f"train.output_dir={ROOT / f'demo_staleness_{max_staleness}'}",
         "wandb.mode=disabled", "train.checkpoint_every=0"])
     r = train(cfg)

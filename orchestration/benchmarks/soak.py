@@ -21,7 +21,7 @@ from orchestration.config import load_config
 from orchestration.driver.tracking import read_jsonl
 from orchestration.train import train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
 
 
 def run_memory() -> dict[str, float]:
