@@ -156,7 +156,10 @@ class WeightSyncExtension:
         plan = plan_from_wire(wire_plan)
         self.reload_weights(weights_iterator=receive_buckets(self._sync_group, plan, self.device),
                             is_checkpoint_format=True)
-        refresh_tied_output_layers(self.model_runner.get_model())
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            refresh_tied_output_layers(self.model_runner.get_model())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -165,7 +168,8 @@ def refresh_tied_output_layers(model) -> int:
     """Re-run the weight processing of every output layer (`ParallelLMHead`) that shares its weight with an input
     embedding; returns how many. vLLM skips `lm_head.*` when the embeddings are tied, so an in-place reload loads no
     weight into such a layer and leaves whatever its quantization method derived from the old weight at load time
-    (on CPU, a packed GEMM operand). On GPU the unquantized method derives nothing, and this changes nothing."""
+    (on CPU, a packed GEMM operand). Called on CPU only: on GPU the unquantized method derives nothing, and a
+    quantized output layer must not be processed twice."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
     inputs = {m.weight.data_ptr() for m in model.modules()
