@@ -4,9 +4,8 @@ import json
 import pytest
 
 from reward_service import counting, detection
-from reward_service.detection import DEFAULT_MAX_ITEMS
 from reward_service.counting import count_boxes, counting_reward
-from reward_service.detection import answer_to_coco, detection_reward
+from reward_service.detection import DEFAULT_MAX_ITEMS, answer_to_coco, detection_reward
 from reward_service.grounding import grounding_reward
 from reward_service.ocr import ocr_metrics, ocr_reward
 
