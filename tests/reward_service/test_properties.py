@@ -37,10 +37,10 @@ answers = st.one_of(st.text(), box_json, qwen2vl, soup)
 
 @pytest.mark.parametrize("convention", ["qwen25vl", "qwen2vl"])
 @pytest.mark.parametrize("task", sorted(BOUNDS))
-@settings(max_examples=5_000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2_000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(answer=answers)
 def test_any_string_scores_within_bounds(task, convention, answer):
-    """5,000 strings per task and convention: 10,000 per task."""
+    """2,000 strings per task and convention (the same ones every run: derandomized): 4,000 per task."""
     out = reward_fn(task)(answer, CONTEXTS[task], RewardOptions(box_convention=convention))
     assert 0.0 <= out["total"] <= BOUNDS[task]
     assert all(isinstance(v, float) for v in out.values())
