@@ -1,6 +1,6 @@
 """tools/kernel_settings.py: `make test-kernels` skips its second run only where the AVX2 setting provably selects
 the default kernels; the fingerprint it compares does see a change of kernels."""
-from tools.kernel_settings import SETTING, Probe, cpu_flags, probe, repeats_default
+from tools.kernel_settings import SETTING, Probe, cpu_flags, main, probe, repeats_default
 
 AVX2, OTHER = Probe("AVX2", "a" * 64), Probe("AVX2", "b" * 64)
 
@@ -29,3 +29,9 @@ def test_the_fingerprint_repeats_and_sees_scalar_kernels():
     if default.capability != "DEFAULT":  # a vectorised default: ATen's scalar kernels must change the numbers
         assert probe({"ATEN_CPU_CAPABILITY": "default"}).fingerprint != default.fingerprint
     assert probe(SETTING).capability in {"AVX2", "DEFAULT"}  # the cap never raises the capability
+
+
+def test_a_setting_already_in_the_environment_means_the_tests_run_again(monkeypatch, capsys):
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")  # make test itself ran under it, not the default
+    assert main() == 1
+    assert "MKL_ENABLE_INSTRUCTIONS set in the environment" in capsys.readouterr().out

@@ -11,7 +11,8 @@ bit for bit (measured on CI's AMD EPYC: 40 colour-demo steps, every logged loss,
 (``avx512f`` absent from /proc/cpuinfo), the default ATen capability is AVX2, and a fingerprint of fp32 forward and
 backward passes (matmuls, a convolution, attention, normalisation, softmax, GELU, reductions) is bitwise the same
 under both settings. It exits 1 when the setting changes something or cannot be judged (no /proc/cpuinfo, another
-capability, a probe that fails), so the Makefile then runs the tests again: a doubt costs time, never coverage.
+capability, a probe that fails, either variable already set in the environment), so the Makefile then runs the
+tests again: a doubt costs time, never coverage.
 """
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ def repeats_default(flags: set[str] | None, default: Probe, setting: Probe) -> t
 
 def main() -> int:
     """Exit 0 (the second run would repeat the first) or 1 (run the tests again), with the reason printed."""
+    preset = sorted(k for k in SETTING if k in os.environ)
+    if preset:  # `make test` then ran under these, not under the machine's default
+        print(f"make test-kernels: {', '.join(preset)} set in the environment: the tests run again", flush=True)
+        return 1
     try:
         same, why = repeats_default(cpu_flags(), probe({}), probe(SETTING))
     except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
