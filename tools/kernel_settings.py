@@ -38,7 +38,8 @@ h = torch.nn.functional.gelu(torch.nn.functional.layer_norm(x, (384,)) @ w1) @ w
 q = h.view(4, 16, 6, 64).transpose(1, 2)
 a = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
 c = torch.nn.functional.conv2d(img, k, stride=14)
-out = torch.log_softmax(a.flatten(1), -1).exp().sum() + c.square().mean() + torch.rsqrt(h.square().mean(-1) + 1e-6).sum()
+out = torch.log_softmax(a.flatten(1), -1).exp().sum() + c.square().mean()
+out = out + torch.rsqrt(h.square().mean(-1) + 1e-6).sum()
 out.backward()
 digest = hashlib.sha256()
 for t in (h, a, c, x.grad, w1.grad, w2.grad, img.grad, k.grad):
