@@ -156,9 +156,7 @@ class WeightSyncExtension:
         plan = plan_from_wire(wire_plan)
         self.reload_weights(weights_iterator=receive_buckets(self._sync_group, plan, self.device),
                             is_checkpoint_format=True)
-        from vllm.platforms import current_platform
-
-        if current_platform.is_cpu():
+        if self.device.type == "cpu":
             refresh_tied_output_layers(self.model_runner.get_model())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
