@@ -137,6 +137,11 @@ class SFTConfig(Strict):
                                                              "of the way to the target still to go (at least this "
                                                              "fraction), so the warm start arrives at its level "
                                                              "with a small step, as a cosine schedule ends")
+    tolerance: float | None = Field(
+        None, gt=0, description="with `target`: stop only at a probe within this of the target; a probe past it "
+                                "(a jump on a steep learning curve) returns the weights and optimizer to the last "
+                                "probe short of the target and halves the learning rate, so the warm start lands "
+                                "in the window on every CPU; null: stop at the first probe that reaches it")
     ema: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights with "
                                                              "this decay; the probes and the saved checkpoint use it")
     batch_size: int = Field(32, ge=1)

@@ -31,7 +31,7 @@ from common.policy import Policy
 from common.progress import progress, quiet_libraries
 from common.records import TrainItem
 from orchestration.config import RunConfig, load_config
-from orchestration.evaluate import HEADLINE, greedy_answers, reaches
+from orchestration.evaluate import HEADLINE, LOWER_IS_BETTER, greedy_answers, reaches
 
 log = logging.getLogger("perception_r1")
 
@@ -155,13 +155,15 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     optimizer = torch.optim.AdamW(param_groups(model, s.lr, s.vision_lr_scale), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, s.warmup_steps, s.steps,
                                                                                 decay=s.target is None)
-                                                 * (probe.lr_scale if probe is not None else 1.0))
+                                                 * (probe.lr_scale / 2 ** probe.halvings if probe is not None
+                                                    else 1.0))
 
     # Prompts are encoded when drawn, never kept: ~1 ms for a demo scene, while a cache of every encoded prompt
     # held the whole training set's pixels in memory (10 GB for the grounding demo's 32,768 scenes). A sample that
     # cannot be prompted or taught is skipped, logged and counted (data.max_bad_rows), as in GRPO.
     sampler, skipped = PromptSampler(train_set, s.seed), SkippedSamples(cfg.data.max_bad_rows)
     losses, probes, t0 = [], [], time.perf_counter()
+    short = None  # with sft.tolerance: the weights at the last probe short of the target (Snapshot)
     bar = progress(range(1, s.steps + 1), "SFT", total=s.steps)
     for step in bar:
         batch, prompts = [], {}
@@ -189,8 +191,20 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         if probe is not None and probe.due(step):
             probes.append({"step": step, **probe.measure(step)})
-            if reaches(probe.metric, probes[-1][probe.metric], s.target):
+            value = probes[-1][probe.metric]
+            if not reaches(probe.metric, value, s.target):
+                short = Snapshot(step, model, optimizer, averaged) if s.tolerance is not None else None
+            elif (s.tolerance is None or short is None
+                  or not past_window(probe.metric, value, s.target, s.tolerance)):
                 break
+            else:  # jumped past the window: back to the last probe short of the target, at half the step
+                short.restore(model, optimizer, averaged)
+                probe.halvings += 1
+                schedule.step()  # the halved rate from the next update on (the restored groups hold the old one)
+                probes[-1]["returned_to"] = short.step
+                log.info("warm start step %d: probe %s %.3f is past the window %.3f +- %.3f: back to step %d's "
+                         "weights at 1/%d of the learning rate", step, probe.metric, value, s.target, s.tolerance,
+                         short.step, 2 ** probe.halvings)
     steps = len(losses)
     info = {"task": cfg.data.task, "steps": steps, "batch_size": s.batch_size,
             "seconds": time.perf_counter() - t0, "first_loss": sum(losses[:20]) / len(losses[:20]),
@@ -198,7 +212,8 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
             "base": base_path}
     if probe is not None:
         reached = reaches(probe.metric, probes[-1][probe.metric], s.target)
-        info.update({"target": {probe.metric: s.target}, "reached": reached, "probes": probes})
+        info.update({"target": {probe.metric: s.target}, "tolerance": s.tolerance, "reached": reached,
+                     "returns": probe.halvings, "probes": probes})
         (log.info if reached else log.warning)(
             "warm start: probe %s %.3f %s target %.3f at step %d (of at most %d; %d probe samples)", probe.metric,
             probes[-1][probe.metric], "reaches" if reached else "has not reached", s.target, steps, s.steps,
@@ -221,6 +236,42 @@ def lr_factor(i: int, warmup: int, steps: int, decay: bool) -> float:
     advance) constant."""
     ramp = min(1.0, (i + 1) / max(1, warmup))
     return ramp * (0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)) if decay else 1.0)
+
+
+def past_window(metric: str, value: float, target: float, tolerance: float) -> bool:
+    """Whether `value` of `metric` is better than `target` by more than `tolerance` (above it, or below it for a
+    lower-is-better metric); a value at the window's edge (e.g. 520 of 1,000 scenes against 0.5 + 0.02) is in it."""
+    eps = 1e-9
+    return value < target - tolerance - eps if metric in LOWER_IS_BETTER else value > target + tolerance + eps
+
+
+class Snapshot:
+    """A copy, in host memory, of the model's weights, the optimizer's state (AdamW's moments and step count) and
+    the moving average's weights after SFT step `step`, for `sft.tolerance`'s return to it. Twice the model's
+    size again: meant for the demos' tiny models and a warm start's few probes, not a 7 B checkpoint."""
+
+    def __init__(self, step: int, model, optimizer, averaged=None):
+        self.step = step
+        self.model = _clone(model.state_dict())
+        self.optimizer = _clone(optimizer.state_dict())
+        self.averaged = None if averaged is None else _clone(averaged.state_dict())
+
+    def restore(self, model, optimizer, averaged=None) -> None:
+        """Put the copied state back; the copy stays intact (torch's optimizer adopts the tensors it is given, so
+        it gets clones) for a further return."""
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(_clone(self.optimizer))
+        if averaged is not None:
+            averaged.load_state_dict(self.averaged)
+
+
+def _clone(state):
+    """A state dict with every tensor in it (nested dicts and lists included) cloned."""
+    if isinstance(state, dict):
+        return {k: _clone(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_clone(v) for v in state]
+    return state.detach().clone() if torch.is_tensor(state) else state
 
 
 class Probe:
@@ -248,6 +299,7 @@ class Probe:
         self.first: float | None = None
         self.near = False
         self.lr_scale = 1.0  # with sft.anneal: the share of the way to the target still to go
+        self.halvings = 0  # with sft.tolerance: returns from a probe past the window, each halving the rate
 
     def due(self, step: int) -> bool:
         """Whether to probe after optimizer step `step` (the last allowed step is always probed)."""

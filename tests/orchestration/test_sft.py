@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from orchestration.config import load_config
 from orchestration.warmstart.sft import cache_key, lr_factor, run_sft, warm_start
-from orchestration.warmstart.sft import prepare_model
+from orchestration.warmstart.sft import Snapshot, past_window, prepare_model
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu_perception.yaml"
 
@@ -108,3 +108,38 @@ def test_the_learning_rate_decays_to_zero_at_the_step_count_or_stays_constant_wi
     assert lr_factor(50, 10, 100, decay=True) == pytest.approx(0.5)
     assert lr_factor(100, 10, 100, decay=True) == pytest.approx(0.0)
     assert [lr_factor(i, 10, 100, decay=False) for i in (0, 9, 50, 99)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+
+
+def test_the_window_past_the_target_follows_the_metric_direction():
+    """`sft.tolerance`: a probe more than the tolerance better than the target is past the window (above it for
+    Acc@0.5, below it for OCR's edit distance); one at the edge, 520 of 1,000 scenes at 0.5 + 0.02, is in it."""
+    assert past_window("acc@0.5", 0.521, 0.5, 0.02) and not past_window("acc@0.5", 520 / 1000, 0.5, 0.02)
+    assert not past_window("acc@0.5", 0.3, 0.5, 0.02)
+    assert past_window("edit_distance", 0.1, 0.3, 0.05) and not past_window("edit_distance", 0.26, 0.3, 0.05)
+    assert not past_window("edit_distance", 0.5, 0.3, 0.05)
+
+
+def test_a_snapshot_returns_weights_and_adam_state_exactly_and_survives_a_second_return(tmp_path):
+    """The return of `sft.tolerance`: after more updates, `restore` gives back the snapshot's weights and AdamW
+    moments bit for bit, and, since the optimizer got clones, a second return after further updates does too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def update(n):
+        for _ in range(n):
+            optimizer.zero_grad()
+            model(torch.randn(8, 6)).pow(2).mean().backward()
+            optimizer.step()
+
+    update(3)
+    snap = Snapshot(3, model, optimizer)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [optimizer.state[p]["exp_avg_sq"].clone() for p in model.parameters()]
+    for _ in range(2):
+        update(5)
+        assert any(not torch.equal(weights[k], v) for k, v in model.state_dict().items())
+        snap.restore(model, optimizer)
+        assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+        assert all(torch.equal(m, optimizer.state[p]["exp_avg_sq"]) for m, p in zip(moments, model.parameters()))
+        assert int(optimizer.state[next(model.parameters())]["step"]) == 3
