@@ -126,8 +126,10 @@ def run_sft(cfg: RunConfig, base_path: str, out: Path, key: str | None = None) -
     """Supervised training on the perfect answers; writes a from_pretrained checkpoint to `out` (atomically).
     With `sft.target`, the last `sft.probe_size` training samples are held out as a probe set, decoded greedily
     every `sft.probe_every` steps, and training stops at the first probe whose headline metric reaches the target
-    (else at `sft.steps`, with a warning). `key`: the cache key it is stored under (`warm_start`), recorded in its
-    sft.json with the steps taken and every probe."""
+    (else at `sft.steps`, with a warning). With `sft.tolerance`, a probe better than target + tolerance does not stop
+    it: the weights and AdamW state go back to the last probe short of the target (`Snapshot`) and the learning rate
+    halves, each time. `key`: the cache key it is stored under (`warm_start`), recorded in its sft.json with the steps
+    taken (returned ones included), the number of returns and every probe."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from learner.sequences import collate, response_logprobs
