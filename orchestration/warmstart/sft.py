@@ -16,6 +16,7 @@ as rendered now), so later runs reuse it. With `sft.enabled`, `train` runs
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -254,26 +255,17 @@ class Snapshot:
 
     def __init__(self, step: int, model, optimizer, averaged=None):
         self.step = step
-        self.model = _clone(model.state_dict())
-        self.optimizer = _clone(optimizer.state_dict())
-        self.averaged = None if averaged is None else _clone(averaged.state_dict())
+        self.model = copy.deepcopy(model.state_dict())
+        self.optimizer = copy.deepcopy(optimizer.state_dict())
+        self.averaged = None if averaged is None else copy.deepcopy(averaged.state_dict())
 
     def restore(self, model, optimizer, averaged=None) -> None:
         """Put the copied state back; the copy stays intact (torch's optimizer adopts the tensors it is given, so
         it gets clones) for a further return."""
         model.load_state_dict(self.model)
-        optimizer.load_state_dict(_clone(self.optimizer))
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         if averaged is not None:
             averaged.load_state_dict(self.averaged)
-
-
-def _clone(state):
-    """A state dict with every tensor in it (nested dicts and lists included) cloned."""
-    if isinstance(state, dict):
-        return {k: _clone(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_clone(v) for v in state]
-    return state.detach().clone() if torch.is_tensor(state) else state
 
 
 class Probe:

@@ -119,7 +119,7 @@ def test_the_window_past_the_target_follows_the_metric_direction():
     assert not past_window("edit_distance", 0.5, 0.3, 0.05)
 
 
-def test_a_snapshot_returns_weights_and_adam_state_exactly_and_survives_a_second_return(tmp_path):
+def test_a_snapshot_returns_weights_and_adam_state_exactly_and_survives_a_second_return():
     """The return of `sft.tolerance`: after more updates, `restore` gives back the snapshot's weights and AdamW
     moments bit for bit, and, since the optimizer got clones, a second return after further updates does too."""
     torch.manual_seed(0)
