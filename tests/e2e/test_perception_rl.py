@@ -3,10 +3,10 @@ warm start stops once 1,000 held-out probe scenes reach Acc@0.5 0.5 to 0.52 (its
 there; a probe that jumps past 0.52 sends it back to the last probe short of 0.5 at half the rate), so it starts from
 the same level on every CPU; then GRPO through the real services (engine actor, reward pool, 2-rank ZeRO-3 learner,
 weight broadcast) with the paper's IoU^2 reward raises the sampled IoU it optimises and the held-out greedy Acc@0.5
-on 2,000 scenes. 200 steps, not 100: the greedy curve wobbles by +-3 points from one 50-step eval to the next, so a
-100-step run's rise (+3.4 and +1.4 under the two kernel settings, +2.0 to +4.6 in three seeds before) cannot carry
-issue 19's +5; by step 200 the runs had risen +7.8 to +19 (docs/experiments.md). `make test-kernels` runs this
-test again under a second kernel setting (docs/experiments.md has both settings' figures)."""
+on 2,000 scenes. 200 steps, not 100: the greedy curve wobbles by +-3 points from one 50-step eval to the next, and
+at the earlier T 0.7 a 100-step run rose only +3.4 and +1.4 under the two kernel settings; at the demo's T 0.5 the
+runs rose +10.65 and +6.3 by step 100, +19.05 and +14.65 by step 200 (docs/experiments.md). `make test-kernels` runs
+this test again under a second kernel setting."""
 import json
 import os
 from pathlib import Path
@@ -45,8 +45,8 @@ def test_grpo_from_a_warm_start_raises_held_out_grounding_accuracy(tmp_path):
     assert sft["reached"] and 0.5 <= sft["probes"][-1]["acc@0.5"] <= 0.52 + 1e-9, sft
     assert first["format"] > 0.9, "the warm start must already answer in format"
     assert abs(result.headline_before - cfg.sft.target) <= 0.05 + 1e-9, "the warm start must start near its target"
-    # Issue 19's +5 points (100 of 2,000 scenes). Measured on an AVX-512 EPYC: +13.2 under its default kernels,
-    # +7.8 under the AVX2 setting; mIoU +0.066 and +0.037 (docs/experiments.md)
+    # Issue 19's +5 points (100 of 2,000 scenes). Measured on an AVX-512 EPYC: +19.05 under its default kernels,
+    # +14.65 under the AVX2 setting; mIoU +0.086 and +0.063 (docs/experiments.md)
     assert result.headline_after >= result.headline_before + 0.05 - 1e-9, (first, last)
     assert last["miou"] >= first["miou"] + 0.02, (first, last)
     assert result.eval_after > result.eval_before
