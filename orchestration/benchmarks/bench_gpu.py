@@ -203,7 +203,11 @@ def run_learner(path: str, shard, device: str, size: str, steps: int, modes: lis
 
 def _child_entry(src: str | None, *args) -> None:
     """Spawned: with `src` (the baseline's code), that tree's modules replace the project's before the child runs;
-    the child imports what it measures inside its body."""
+    the child imports what it measures inside its body. The project's warning filters are set first, so that the
+    baseline's learner logs as quietly as today's."""
+    from common.progress import quiet_libraries
+
+    quiet_libraries()
     if src:
         for name in [m for m in sys.modules if m.split(".")[0] in ("common", "learner", "orchestration")]:
             del sys.modules[name]
