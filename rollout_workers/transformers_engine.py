@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from common.devices import require_cuda
 from common.memory import return_large_blocks_to_os
@@ -22,6 +23,67 @@ from common.policy import Policy, eos_token_ids, model_policy, processed_logits
 from common.records import EncodedPrompt, Rollout, SamplingParams
 from common.sync_group import WeightPlan, create_sync_group, receive_partitions, torch_dtype
 from common.vision import mm_token_type_ids
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A full-attention KV-cache layer that writes each step's keys and values into a buffer sized for the whole
+    answer, where transformers' `DynamicLayer` concatenates (a new [rows, kv heads, length, head dim] tensor per
+    layer and token, i.e. a copy of the whole cache and, from 4 MB up, a fresh mapping to fault in: half of the demo
+    engine's time). `keys` / `values` are views of the filled part, so attention sees the same tensors, values and
+    shapes as with `DynamicLayer`; a layer that would outgrow its `capacity` (tokens) grows by concatenation."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+            self._allocate(key_states.shape[0], key_states.shape[1], max(self.capacity, key_states.shape[-2]),
+                           key_states.shape[-1], value_states.shape[-1])
+            self.length = 0
+        n = self.length + key_states.shape[-2]
+        if n > self._keys.shape[-2]:  # past the planned length: keep working, at DynamicLayer's cost
+            self._keys = torch.cat([self._keys[:, :, : self.length], key_states], dim=-2)
+            self._values = torch.cat([self._values[:, :, : self.length], value_states], dim=-2)
+        else:
+            self._keys[:, :, self.length : n] = key_states
+            self._values[:, :, self.length : n] = value_states
+        self.length = n
+        self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+        return self.keys, self.values
+
+    def _allocate(self, rows: int, heads: int, capacity: int, key_dim: int, value_dim: int) -> None:
+        self._keys = torch.empty((rows, heads, capacity, key_dim), dtype=self.dtype, device=self.device)
+        self._values = torch.empty((rows, heads, capacity, value_dim), dtype=self.dtype, device=self.device)
+
+    def _rebuild(self, rows: torch.Tensor) -> None:
+        """Keep buffer rows `rows` (an index tensor, repeats allowed), copying only the filled part."""
+        keys, values = self.keys.index_select(0, rows), self.values.index_select(0, rows)
+        self._allocate(len(rows), keys.shape[1], self._keys.shape[-2], keys.shape[-1], values.shape[-1])
+        self._keys[:, :, : self.length], self._values[:, :, : self.length] = keys, values
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:
+            self._rebuild(torch.arange(self._keys.shape[0], device=self.device).repeat_interleave(repeats))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self._rebuild(indices.to(self.device))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("the engine never crops its cache")
+
+
+def preallocated_cache(config, capacity: int):
+    """transformers' `DynamicCache` for `config` with each full-attention layer a `PreallocatedLayer` of
+    `capacity` tokens (sliding-window layers, where a config has them, stay as transformers builds them)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 class TransformersEngine:
@@ -84,8 +146,6 @@ class TransformersEngine:
                 policy: Policy) -> tuple[list[list[int]], list[list[float]]]:
         """Prefill every prompt once (left-padded batch), repeat each KV cache G times, then sample token by token;
         rows leave the batch when they end. Returns per row (prompt-major, G rows per prompt) ids and log-probs."""
-        from transformers import DynamicCache
-
         B, G, dev = len(requests), sampling.n, self.device
         L = max(len(r.prompt_token_ids) for r in requests)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
@@ -101,7 +161,7 @@ class TransformersEngine:
         # Qwen2.5-VL's 3D positions, given explicitly so that the repeated rows need no per-batch model state.
         positions, _ = self.model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=attention)
         next_pos = positions.amax(dim=(0, 2)) + 1  # [B] the first answer token's position
-        cache = DynamicCache(config=self.model.config)
+        cache = preallocated_cache(self.model.config, L + sampling.max_new_tokens)
         out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, pixel_values=pixels,
                          image_grid_thw=grid, mm_token_type_ids=types, past_key_values=cache, use_cache=True,
                          logits_to_keep=1)

@@ -9,10 +9,11 @@ from transformers import AutoProcessor
 
 from common.policy import processed_logits, token_logprobs, truncation_mask
 from common.records import SamplingParams
-from common.vision import encode_prompt
+from transformers.cache_utils import DynamicLayer
+
+from common.vision import encode_prompt, mm_token_type_ids
 from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
-from common.vision import mm_token_type_ids
-from rollout_workers.transformers_engine import TransformersEngine
+from rollout_workers.transformers_engine import PreallocatedLayer, TransformersEngine
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,25 @@ def test_unknown_allowed_token_is_named(setup):
     base, _, _ = setup
     with pytest.raises(ValueError, match="'purple'"):
         TransformersEngine(base.model.name_or_path, allowed_tokens=["red", "purple"])
+
+
+@pytest.mark.parametrize("capacity", [9, 6])  # room for every token; and 3 tokens short, so it must grow
+def test_preallocated_cache_layer_holds_what_dynamic_layer_holds(capacity):
+    """The engine's KV-cache layer writes into a buffer where transformers' concatenates: after a prefill, G-fold
+    repetition, decode steps and a row selection, both hold bit-identical keys and values of the same shapes."""
+    g = torch.Generator().manual_seed(0)
+    kv = lambda rows, n: (torch.randn(rows, 2, n, 8, generator=g), torch.randn(rows, 2, n, 8, generator=g))
+    ours, theirs = PreallocatedLayer(capacity), DynamicLayer()
+    prefill = kv(3, 4)
+    for layer in (ours, theirs):
+        layer.update(*prefill)
+        layer.batch_repeat_interleave(2)
+    for step in range(5):
+        if step == 2:
+            for layer in (ours, theirs):
+                layer.batch_select_indices(torch.tensor([0, 2, 3, 5]))
+        new = kv(6 if step < 2 else 4, 1)
+        k, v = ours.update(*new)
+        k_ref, v_ref = theirs.update(*new)
+        assert k.shape == k_ref.shape and torch.equal(k, k_ref) and torch.equal(v, v_ref)
+        assert ours.get_seq_length() == theirs.get_seq_length() == 5 + step
