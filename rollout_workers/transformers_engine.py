@@ -37,6 +37,8 @@ class PreallocatedLayer(DynamicLayer):
         self.capacity = capacity
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append `key_states` / `value_states` ([rows, kv heads, new tokens, head dim]) and return the keys and
+        values so far ([rows, kv heads, tokens, head dim], views of the buffer)."""
         if not self.is_initialized:
             self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
             self._allocate(key_states.shape[0], key_states.shape[1], max(self.capacity, key_states.shape[-2]),
@@ -65,14 +67,17 @@ class PreallocatedLayer(DynamicLayer):
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row `repeats` times in place (a prompt's prefilled cache becomes its G answers')."""
         if self.get_seq_length() > 0:
             self._rebuild(torch.arange(self._keys.shape[0], device=self.device).repeat_interleave(repeats))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows `indices` (a 1-D index tensor), in that order."""
         if self.get_seq_length() > 0:
             self._rebuild(indices.to(self.device))
 
     def crop(self, tokens_to_remove: int) -> None:
+        """Not supported: the engine never crops (no speculative decoding); raises NotImplementedError."""
         raise NotImplementedError("the engine never crops its cache")
 
 
