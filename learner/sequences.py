@@ -84,15 +84,17 @@ def response_logprobs(model, batch: Collated, policy: Policy) -> torch.Tensor:
 @dataclass
 class SharedBatch:
     """A micro-batch packed for the shared-prefix forward: one row per distinct prompt, holding the prompt once and
-    then its answers in slots of T positions each; a 4D attention mask lets every answer see the prompt and its own
-    earlier tokens, never another answer.
+    then its answers back to back, each at its own length (no padding between answers; a row shorter than the
+    longest is padded at its end); a 4D attention mask lets every answer see the prompt and its own earlier tokens,
+    never another answer.
 
-    Over the T answer positions: `targets`, `mask`, `engine_logprobs` [R, T]; `advantages` [R]; `row_group` [R] is
-    the packed row of each answer and `logit_index` [R, T] where its logits sit in the kept window.
+    Over the T answer positions (T the longest answer): `targets`, `mask`, `engine_logprobs` [R, T]; `advantages`
+    [R]; `row_group` [R] is the packed row of each answer and `logit_index` [R, T] where its logits sit in the kept
+    window (0 past an answer's end, where `mask` is 0).
     """
 
     inputs: dict[str, torch.Tensor]  # input_ids [U, L], 4D attention mask, 3D position ids, images
-    window: int  # logits kept: the prompt's last position and every answer slot
+    window: int  # logits kept: the prompt's last position and every answer position
     row_group: torch.Tensor  # [R]
     logit_index: torch.Tensor  # [R, T]
     targets: torch.Tensor  # [R, T]
@@ -105,16 +107,20 @@ class SharedBatch:
 def collate_shared(items: list[TrainItem], prompts: dict[str, EncodedPrompt], model, pad_id: int, device,
                    dtype) -> SharedBatch:
     """Pack a micro-batch's answers under their prompts (first-seen order) for `shared_prefix_logprobs`: row u is
-    [left-padded prompt u | slot 0 | slot 1 | ...], each slot one answer right-padded to T."""
+    [left-padded prompt u | answer | answer | ... | end padding], the answers at their own lengths, so the forward
+    holds `packed_tokens` positions and none is spent on padding between answers (veRL's and OpenRLHF's
+    padding-free packing, here within a prompt's row)."""
     config = model.config
     order = list(dict.fromkeys(it.sample_id for it in items))
     U, R = len(order), len(items)
     Lp = max(len(prompts[s].prompt_token_ids) for s in order)
     T = max(len(it.response_token_ids) for it in items)
     row_group = [order.index(it.sample_id) for it in items]
-    slot = [row_group[:r].count(g) for r, g in enumerate(row_group)]  # the answer's slot within its row
-    S = max(slot) + 1
-    L = Lp + S * T
+    offset = [0] * R  # where each answer starts in its row, counted from the end of the prompt
+    used = [0] * U
+    for r, (u, it) in enumerate(zip(row_group, items)):
+        offset[r], used[u] = used[u], used[u] + len(it.response_token_ids)
+    L = Lp + max(used)
     ids = torch.full((U, L), pad_id, dtype=torch.long)
     key_ok = torch.zeros((U, L), dtype=torch.bool)  # positions a query may attend to (not padding)
     for u, sid in enumerate(order):
@@ -134,28 +140,29 @@ def collate_shared(items: list[TrainItem], prompts: dict[str, EncodedPrompt], mo
     mask = torch.zeros((R, T), dtype=torch.float32)
     engine_lp = torch.zeros((R, T), dtype=torch.float32)
     logit_index = torch.zeros((R, T), dtype=torch.long)
+    segment = torch.full((U, L), -2, dtype=torch.long)  # -1: prompt, r: answer r, -2: end padding
+    segment[:, :Lp] = -1
     masked = 0
     for r, it in enumerate(items):
-        u, k, n = row_group[r], slot[r], len(it.response_token_ids)
+        u, n = row_group[r], len(it.response_token_ids)
         response = torch.tensor(it.response_token_ids, dtype=torch.long)
         bad = torch.isin(response, vision_ids)  # a generated placeholder would be taken for an image slot
         masked += int(bad.sum())
-        start = Lp + k * T
+        start = Lp + offset[r]
         ids[u, start : start + n] = torch.where(bad, torch.tensor(pad_id), response)
         key_ok[u, start : start + n] = True
-        positions[:, u, start : start + T] = next_pos[u] + torch.arange(T)
+        segment[u, start : start + n] = r
+        positions[:, u, start : start + n] = next_pos[u] + torch.arange(n)
         targets[r, :n] = response
         mask[r, :n] = (~bad).float()
         engine_lp[r, :n] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
-        # Window index 0 is the prompt's last position (predicts token 0); token t > 0 is predicted at slot
-        # position t - 1, window index 1 + k * T + t - 1.
-        logit_index[r] = torch.where(torch.arange(T) == 0, 0, k * T + torch.arange(T))
-    segment = torch.full((L,), -1, dtype=torch.long)  # -1: prompt, k: answer slot k
-    segment[Lp:] = torch.arange(S).repeat_interleave(T)
+        # Window index 0 is the prompt's last position (predicts token 0); token t > 0 is predicted at position
+        # start + t - 1, window index offset + t.
+        logit_index[r, 1:n] = offset[r] + torch.arange(1, n)
     index = torch.arange(L)
-    causal = index[None, :] <= index[:, None]
-    visible = causal & ((segment[None, :] == -1) | (segment[None, :] == segment[:, None]))  # [L, L]
-    allowed = visible[None] & key_ok[:, None, :]
+    causal = index[None, :] <= index[:, None]  # [L, L]
+    visible = causal[None] & ((segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None]))
+    allowed = visible & key_ok[:, None, :]  # [U, L, L]
     allowed |= torch.eye(L, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax row)
     attention = torch.zeros((U, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
     inputs = dict(
@@ -164,7 +171,7 @@ def collate_shared(items: list[TrainItem], prompts: dict[str, EncodedPrompt], mo
         pixel_values=torch.cat([torch.tensor(prompts[s].pixel_values) for s in order]).to(device, dtype),
     )
     return SharedBatch(
-        inputs=inputs, window=S * T + 1, row_group=torch.tensor(row_group, device=device),
+        inputs=inputs, window=L - Lp + 1, row_group=torch.tensor(row_group, device=device),
         logit_index=logit_index.to(device), targets=targets.to(device), mask=mask.to(device),
         engine_logprobs=engine_lp.to(device),
         advantages=torch.tensor([it.advantage for it in items], dtype=torch.float32, device=device),
@@ -183,15 +190,15 @@ def shared_prefix_logprobs(model, batch: SharedBatch, policy: Policy) -> torch.T
 
 def packed_tokens(items: list[TrainItem], prompts: dict[str, EncodedPrompt], shared_prefix: bool) -> int:
     """Tokens one forward over `items` processes, padding included: shared prefix, one row per prompt of its
-    prompt and max-answers slots [U x (Lp + S x T)]; full rows [B x max(prompt + answer)]."""
+    prompt and its answers back to back [U x (longest prompt + longest row of answers)]; full rows
+    [B x max(prompt + answer)]."""
     if not shared_prefix:
         return len(items) * max(len(it.prompt_token_ids) + len(it.response_token_ids) for it in items)
-    slots: dict[str, int] = {}
+    answers: dict[str, int] = {}
     for it in items:
-        slots[it.sample_id] = slots.get(it.sample_id, 0) + 1
-    longest_prompt = max(len(prompts[s].prompt_token_ids) for s in slots)
-    longest_answer = max(len(it.response_token_ids) for it in items)
-    return len(slots) * (longest_prompt + max(slots.values()) * longest_answer)
+        answers[it.sample_id] = answers.get(it.sample_id, 0) + len(it.response_token_ids)
+    longest_prompt = max(len(prompts[s].prompt_token_ids) for s in answers)
+    return len(answers) * (longest_prompt + max(answers.values()))
 
 
 def plan_microbatches(items: list[TrainItem], prompts: dict[str, EncodedPrompt], *, shared_prefix: bool,

@@ -23,8 +23,8 @@ ITEMS = [TrainItem(s, PROMPTS[s].prompt_token_ids, list(range(n)), [0.0] * n, 0.
 
 
 def test_packed_tokens_count_the_padded_forward():
-    assert packed_tokens(ITEMS[:3], PROMPTS, shared_prefix=True) == 50 + 3 * 20  # one row: prompt, three slots
-    assert packed_tokens(ITEMS[:5], PROMPTS, shared_prefix=True) == 2 * (70 + 3 * 30)
+    assert packed_tokens(ITEMS[:3], PROMPTS, shared_prefix=True) == 50 + 10 + 20 + 5  # one row: prompt, answers
+    assert packed_tokens(ITEMS[:5], PROMPTS, shared_prefix=True) == 2 * (70 + 8 + 30)  # b's row is the longest
     assert packed_tokens(ITEMS[:3], PROMPTS, shared_prefix=False) == 3 * 70
 
 

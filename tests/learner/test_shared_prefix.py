@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from common.policy import Policy
 from common.records import TrainItem
 from common.vision import encode_prompt
-from learner.sequences import collate, collate_shared, response_logprobs, shared_prefix_logprobs
+from learner.sequences import collate, collate_shared, packed_tokens, response_logprobs, shared_prefix_logprobs
 from orchestration.warmstart.tiny_model import write_tiny_qwen25vl
 
 
@@ -56,6 +56,9 @@ def test_same_logprobs_and_gradients_as_full_rows(setup, policy):
 
     shared = collate_shared(items, prompts, model, 0, "cpu", torch.float32)
     assert shared.inputs["input_ids"].shape[0] == 2 and shared.targets.shape[0] == 6  # 2 rows hold 6 answers
+    # padding-free: each row is its prompt then its answers back to back (b's 12 answer tokens the longest row)
+    Lp = max(len(p.prompt_token_ids) for p in prompts.values())
+    assert shared.inputs["input_ids"].shape[1] == Lp + 12 and packed_tokens(items, prompts, True) == 2 * (Lp + 12)
     assert shared.num_masked_vision_tokens == full.num_masked_vision_tokens == 1
     model.zero_grad()
     lp_shared = shared_prefix_logprobs(model, shared, policy)
